@@ -1,0 +1,1 @@
+"""Likelihood estimators shared by every model: exact enumeration, AIS, importance sampling, Parzen."""

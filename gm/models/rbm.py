@@ -1,0 +1,205 @@
+"""Restricted Boltzmann machine with binary units (book section 20.2).
+
+E(v, h) = -b'v - c'h - v'Wh.  Trained by contrastive divergence CD-k (Hinton 2002) or
+persistent CD (Tieleman 2008), with momentum and L2 weight decay (Hinton 2010, "A practical
+guide to training RBMs").  log p(v) is exact by enumerating the smaller layer when it is small
+enough, else estimated by AIS from a base-rate model (Salakhutdinov & Murray 2008).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gm.base import Budget, GenerativeModel, LogLikelihood
+from gm.config import require
+from gm.estimators.ais import ais_log_z, beta_schedule
+from gm.estimators.exact import enumerate_log_z
+from gm.registry import register
+
+
+@dataclass(frozen=True)
+class RBMConfig:
+    n_hidden: int = 16
+    lr: float = 0.05
+    cd_k: int = 1
+    persistent: bool = False      # PCD: negative chains carried across updates
+    n_chains: int = 100           # persistent chains (PCD only)
+    momentum: float = 0.5
+    weight_decay: float = 1e-4
+    init_std: float = 0.01
+    sample_steps: int = 1000      # Gibbs steps per sample() chain
+
+    def __post_init__(self):
+        require(self.n_hidden >= 1, "n_hidden", f"must be >= 1, got {self.n_hidden}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.cd_k >= 1, "cd_k", f"must be >= 1, got {self.cd_k}")
+        require(self.n_chains >= 1, "n_chains", f"must be >= 1, got {self.n_chains}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.sample_steps >= 1, "sample_steps", f"must be >= 1, got {self.sample_steps}")
+
+
+def bernoulli(p: Tensor, generator: torch.Generator) -> Tensor:
+    """Binary sample with P(1) = p, same shape as p."""
+    return (torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p).to(p.dtype)
+
+
+@register("rbm")
+class RBM(GenerativeModel):
+    """Binary RBM: W (n_visible, n_hidden), b (n_visible,), c (n_hidden,)."""
+
+    Config = RBMConfig
+    input_kind = "binary"
+
+    def __init__(self, data_dim: int, config: RBMConfig):
+        super().__init__(data_dim, config)
+        g = torch.Generator().manual_seed(0)  # init is re-seeded by the pipeline via reset()
+        self.W = nn.Parameter(config.init_std * torch.randn(data_dim, config.n_hidden, generator=g))
+        self.b = nn.Parameter(torch.zeros(data_dim))
+        self.c = nn.Parameter(torch.zeros(config.n_hidden))
+        # data statistics for the AIS base-rate model (Salakhutdinov & Murray 2008, sec. 4.2)
+        self.register_buffer("data_sum", torch.zeros(data_dim, dtype=torch.float64))
+        self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("chains", torch.zeros(0, data_dim))  # persistent chains (PCD)
+        self._opt = torch.optim.SGD(self.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+
+    # --- conditionals and energies -------------------------------------------------------
+    def p_h(self, v: Tensor) -> Tensor:
+        """P(h_j = 1 | v), (n, n_hidden)."""
+        return torch.sigmoid(v @ self.W + self.c)
+
+    def p_v(self, h: Tensor) -> Tensor:
+        """P(v_i = 1 | h), (n, n_visible)."""
+        return torch.sigmoid(h @ self.W.T + self.b)
+
+    def free_energy(self, v: Tensor) -> Tensor:
+        """F(v) = -b'v - sum_j softplus(c_j + v'W_j), so p(v) = exp(-F(v)) / Z; (n,)."""
+        return -(v @ self.b) - F.softplus(v @ self.W + self.c).sum(1)
+
+    def gibbs(self, v: Tensor, steps: int, generator: torch.Generator) -> Tensor:
+        """``steps`` rounds of block Gibbs sampling v -> h -> v."""
+        for _ in range(steps):
+            v = bernoulli(self.p_v(bernoulli(self.p_h(v), generator)), generator)
+        return v
+
+    # --- training ------------------------------------------------------------------------
+    def optimizers(self):
+        return {"sgd": self._opt}
+
+    def base_rate(self) -> Tensor:
+        """Training-data pixel means, clipped to [0.005, 0.995] (n_visible,)."""
+        if self.data_count == 0:
+            return torch.full((self.data_dim,), 0.5, device=self.b.device)
+        return (self.data_sum / self.data_count).clamp(0.005, 0.995).to(self.b.dtype)
+
+    @torch.no_grad()
+    def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
+        cfg = self.config
+        if self.data_count == 0:  # visible biases start at the base rate (Hinton 2010, sec. 8.1)
+            p = x.double().mean(0).clamp(0.005, 0.995)
+            self.b.copy_(torch.log(p / (1 - p)).to(self.b.dtype))
+        self.data_sum += x.double().sum(0)
+        self.data_count += x.shape[0]
+        ph_data = self.p_h(x)
+        if cfg.persistent:
+            if self.chains.shape[0] != cfg.n_chains:
+                self.chains = bernoulli(self.base_rate().expand(cfg.n_chains, -1).contiguous(),
+                                        generator)
+            v_neg = self.gibbs(self.chains, cfg.cd_k, generator)
+            self.chains = v_neg
+        else:
+            v_neg = self.gibbs(x, cfg.cd_k, generator)
+        ph_neg = self.p_h(v_neg)
+        n, m = x.shape[0], v_neg.shape[0]
+        # gradient of the negative log-likelihood (descended by the optimiser)
+        self.W.grad = -(x.T @ ph_data / n - v_neg.T @ ph_neg / m)
+        self.b.grad = -(x.mean(0) - v_neg.mean(0))
+        self.c.grad = -(ph_data.mean(0) - ph_neg.mean(0))
+        self._opt.step()
+        recon = self.p_v(ph_data)
+        return {"recon_error": float(((x - recon) ** 2).sum(1).mean()),
+                "free_energy_gap": float(self.free_energy(x).mean() - self.free_energy(v_neg).mean())}
+
+    # --- sampling ------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator) -> Tensor:
+        v = bernoulli(self.base_rate().expand(n, -1).contiguous(), generator)
+        v = self.gibbs(v, self.config.sample_steps, generator)
+        return v
+
+    # --- likelihood ----------------------------------------------------------------------
+    @torch.no_grad()
+    def log_z_exact(self, max_bits: int = 20) -> float:
+        """Exact log Z by enumerating the smaller layer (the other is summed analytically)."""
+        W, b, c = self.W.double(), self.b.double(), self.c.double()
+        if self.config.n_hidden <= self.data_dim:
+            log_f = lambda h: h @ c + F.softplus(h @ W.T + b).sum(1)  # noqa: E731
+            n_bits = self.config.n_hidden
+        else:
+            log_f = lambda v: v @ b + F.softplus(v @ W + c).sum(1)  # noqa: E731
+            n_bits = self.data_dim
+        return float(enumerate_log_z(log_f, n_bits, max_bits=max_bits, device=W.device))
+
+    def annealing_path(self) -> "RBMAnnealingPath":
+        return RBMAnnealingPath(self, self.base_rate())
+
+    @torch.no_grad()
+    def log_z_ais(self, budget: Budget, generator: torch.Generator):
+        betas = beta_schedule(budget.ais_betas, budget.ais_schedule)
+        return ais_log_z(self.annealing_path(), betas, budget.ais_chains, generator,
+                         desc="AIS rbm")
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
+                       budget: Budget) -> LogLikelihood:
+        neg_f = -self.free_energy(x.to(self.W.dtype)).double()
+        if min(self.config.n_hidden, self.data_dim) <= budget.exact_max_bits:
+            log_z = self.log_z_exact(budget.exact_max_bits)
+            return LogLikelihood(neg_f - log_z, "exact", "exact", info={"log_z": log_z})
+        res = self.log_z_ais(budget, generator)
+        return LogLikelihood(neg_f - res.log_z, "ais", "estimate", shared_stderr=res.stderr,
+                             info={"log_z": res.log_z, "log_z_stderr": res.stderr,
+                                   "ais_chains": budget.ais_chains, "ais_betas": budget.ais_betas})
+
+    @torch.no_grad()
+    def validation_estimates(self, x, *, generator, budget):
+        if min(self.config.n_hidden, self.data_dim) > budget.exact_max_bits:
+            return {}
+        neg_f = -self.free_energy(x.to(self.W.dtype)).double()
+        res = self.log_z_ais(budget, generator)
+        return {"ais": LogLikelihood(neg_f - res.log_z, "ais", "estimate",
+                                     shared_stderr=res.stderr,
+                                     info={"log_z": res.log_z, "log_z_stderr": res.stderr})}
+
+
+class RBMAnnealingPath:
+    """p_beta(v) ∝ exp((1-beta) b_A'v + beta b'v) prod_j (1 + exp(beta (c_j + v'W_j))).
+
+    beta = 0 is the base-rate model with biases b_A = logit(data mean) and no interactions,
+    whose Z_0 = 2^n_hidden prod_i (1 + exp(b_A,i)) (Salakhutdinov & Murray 2008, eq. 14-16).
+    """
+
+    def __init__(self, rbm: RBM, base_rate: Tensor):
+        self.W, self.b, self.c = rbm.W.double(), rbm.b.double(), rbm.c.double()
+        p = base_rate.double()
+        self.b_a = torch.log(p / (1 - p))
+
+    def base_log_z(self) -> float:
+        return float(self.c.numel() * math.log(2.0) + F.softplus(self.b_a).sum())
+
+    def base_sample(self, n: int, generator: torch.Generator) -> Tensor:
+        return bernoulli(torch.sigmoid(self.b_a).expand(n, -1).contiguous(), generator)
+
+    def log_f(self, v: Tensor, beta: float) -> Tensor:
+        return (v @ ((1 - beta) * self.b_a + beta * self.b)
+                + F.softplus(beta * (v @ self.W + self.c)).sum(1))
+
+    def transition(self, v: Tensor, beta: float, generator: torch.Generator) -> Tensor:
+        h = bernoulli(torch.sigmoid(beta * (v @ self.W + self.c)), generator)
+        return bernoulli(torch.sigmoid((1 - beta) * self.b_a + beta * (self.b + h @ self.W.T)),
+                         generator)
