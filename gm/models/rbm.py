@@ -18,6 +18,8 @@ from gm.base import Budget, GenerativeModel, LogLikelihood
 from gm.config import require
 from gm.estimators.ais import ais_log_z, beta_schedule
 from gm.estimators.exact import enumerate_log_z
+from gm.estimators.raise_ais import ais_sandwich, raise_log_likelihood, sandwich_estimates
+from gm.ops import bernoulli  # noqa: F401  (re-exported for models that import it from here)
 from gm.registry import register
 
 
@@ -32,6 +34,7 @@ class RBMConfig:
     weight_decay: float = 1e-4
     init_std: float = 0.01
     sample_steps: int = 1000      # Gibbs steps per sample() chain
+    raise_chains: int = 5         # reverse-AIS chains per test example (RAISE sandwich)
 
     def __post_init__(self):
         require(self.n_hidden >= 1, "n_hidden", f"must be >= 1, got {self.n_hidden}")
@@ -41,11 +44,17 @@ class RBMConfig:
         require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(self.sample_steps >= 1, "sample_steps", f"must be >= 1, got {self.sample_steps}")
+        require(self.raise_chains >= 1, "raise_chains", f"must be >= 1, got {self.raise_chains}")
 
 
-def bernoulli(p: Tensor, generator: torch.Generator) -> Tensor:
-    """Binary sample with P(1) = p, same shape as p."""
-    return (torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p).to(p.dtype)
+def base_rate(data_sum: Tensor, data_count: Tensor) -> Tensor:
+    """Clipped training-data pixel means (d,) from running sums, 0.5 before any data.
+
+    The base-rate model of AIS (Salakhutdinov & Murray 2008, sec. 4.2) and the initial
+    visible biases (Hinton 2010, sec. 8.1); clipped to [0.005, 0.995] to keep logits finite."""
+    if data_count == 0:
+        return torch.full_like(data_sum, 0.5)
+    return (data_sum / data_count).clamp(0.005, 0.995)
 
 
 @register("rbm")
@@ -57,14 +66,15 @@ class RBM(GenerativeModel):
 
     def __init__(self, data_dim: int, config: RBMConfig):
         super().__init__(data_dim, config)
-        g = torch.Generator().manual_seed(0)  # init is re-seeded by the pipeline via reset()
-        self.W = nn.Parameter(config.init_std * torch.randn(data_dim, config.n_hidden, generator=g))
+        # initial weights come from torch's global RNG, which the pipeline seeds per run
+        self.W = nn.Parameter(config.init_std * torch.randn(data_dim, config.n_hidden))
         self.b = nn.Parameter(torch.zeros(data_dim))
         self.c = nn.Parameter(torch.zeros(config.n_hidden))
         # data statistics for the AIS base-rate model (Salakhutdinov & Murray 2008, sec. 4.2)
         self.register_buffer("data_sum", torch.zeros(data_dim, dtype=torch.float64))
         self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("chains", torch.zeros(0, data_dim))  # persistent chains (PCD)
+        self.register_buffer(  # persistent negative chains (PCD), started at the first update
+            "chains", torch.zeros(config.n_chains if config.persistent else 0, data_dim))
         self._opt = torch.optim.SGD(self.parameters(), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
 
@@ -78,8 +88,11 @@ class RBM(GenerativeModel):
         return torch.sigmoid(h @ self.W.T + self.b)
 
     def free_energy(self, v: Tensor) -> Tensor:
-        """F(v) = -b'v - sum_j softplus(c_j + v'W_j), so p(v) = exp(-F(v)) / Z; (n,)."""
-        return -(v @ self.b) - F.softplus(v @ self.W + self.c).sum(1)
+        """F(v) = -b'v - sum_j softplus(c_j + v'W_j), so p(v) = exp(-F(v)) / Z; (n,).
+
+        Computed in the dtype of v (pass float64 for likelihoods)."""
+        W, b, c = self.W.to(v.dtype), self.b.to(v.dtype), self.c.to(v.dtype)
+        return -(v @ b) - F.softplus(v @ W + c).sum(1)
 
     def gibbs(self, v: Tensor, steps: int, generator: torch.Generator) -> Tensor:
         """``steps`` rounds of block Gibbs sampling v -> h -> v."""
@@ -93,9 +106,7 @@ class RBM(GenerativeModel):
 
     def base_rate(self) -> Tensor:
         """Training-data pixel means, clipped to [0.005, 0.995] (n_visible,)."""
-        if self.data_count == 0:
-            return torch.full((self.data_dim,), 0.5, device=self.b.device)
-        return (self.data_sum / self.data_count).clamp(0.005, 0.995).to(self.b.dtype)
+        return base_rate(self.data_sum, self.data_count).to(self.b.dtype)
 
     @torch.no_grad()
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
@@ -107,11 +118,10 @@ class RBM(GenerativeModel):
         self.data_count += x.shape[0]
         ph_data = self.p_h(x)
         if cfg.persistent:
-            if self.chains.shape[0] != cfg.n_chains:
-                self.chains = bernoulli(self.base_rate().expand(cfg.n_chains, -1).contiguous(),
-                                        generator)
+            if self.data_count == x.shape[0]:  # first update: chains from the base rate
+                self.chains.copy_(bernoulli(self.base_rate().expand_as(self.chains), generator))
             v_neg = self.gibbs(self.chains, cfg.cd_k, generator)
-            self.chains = v_neg
+            self.chains.copy_(v_neg)
         else:
             v_neg = self.gibbs(x, cfg.cd_k, generator)
         ph_neg = self.p_h(v_neg)
@@ -155,26 +165,47 @@ class RBM(GenerativeModel):
                          desc="AIS rbm")
 
     @torch.no_grad()
+    def raise_log_px(self, x: Tensor, budget: Budget, generator: torch.Generator) -> Tensor:
+        """RAISE (reverse AIS) per example, (n,): a stochastic lower bound of log p_ann(x).
+
+        The chain state is v (h summed out), so it starts at the example itself with
+        log w_start = log f_1(v) = -F(v) (Burda et al. 2015)."""
+        path = self.annealing_path()
+        start = lambda v, g: (v, path.log_f(v, 1.0))  # noqa: E731
+        betas = beta_schedule(budget.ais_betas, budget.ais_schedule)
+        return raise_log_likelihood(path, start, x.double(), self.config.raise_chains, betas,
+                                    generator, desc="RAISE rbm")
+
+    @torch.no_grad()
+    def ais_sandwich(self, x: Tensor, budget: Budget, generator: torch.Generator) -> LogLikelihood:
+        """Forward AIS estimate of log p(x) with the bounds {"lower": RAISE, "upper": AIS}."""
+        neg_f = -self.free_energy(x.double())
+        res = self.log_z_ais(budget, generator)
+        lower = self.raise_log_px(x, budget, generator)
+        return ais_sandwich(neg_f, res, lower, info={
+            "ais_chains": budget.ais_chains, "ais_betas": budget.ais_betas,
+            "raise_chains": self.config.raise_chains})
+
+    def _exact_ok(self, budget: Budget) -> bool:
+        return min(self.config.n_hidden, self.data_dim) <= budget.exact_max_bits
+
+    @torch.no_grad()
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
                        budget: Budget) -> LogLikelihood:
-        neg_f = -self.free_energy(x.to(self.W.dtype)).double()
-        if min(self.config.n_hidden, self.data_dim) <= budget.exact_max_bits:
+        if self._exact_ok(budget):
+            neg_f = -self.free_energy(x.double())
             log_z = self.log_z_exact(budget.exact_max_bits)
             return LogLikelihood(neg_f - log_z, "exact", "exact", info={"log_z": log_z})
-        res = self.log_z_ais(budget, generator)
-        return LogLikelihood(neg_f - res.log_z, "ais", "estimate", shared_stderr=res.stderr,
-                             info={"log_z": res.log_z, "log_z_stderr": res.stderr,
-                                   "ais_chains": budget.ais_chains, "ais_betas": budget.ais_betas})
+        return self.ais_sandwich(x, budget, generator)
 
     @torch.no_grad()
     def validation_estimates(self, x, *, generator, budget):
-        if min(self.config.n_hidden, self.data_dim) > budget.exact_max_bits:
+        """Beside an exact log p(x): the AIS estimate (with its RAISE/AIS sandwich in
+        ``bounds``) and RAISE alone as a lower bound."""
+        if not self._exact_ok(budget):
             return {}
-        neg_f = -self.free_energy(x.to(self.W.dtype)).double()
-        res = self.log_z_ais(budget, generator)
-        return {"ais": LogLikelihood(neg_f - res.log_z, "ais", "estimate",
-                                     shared_stderr=res.stderr,
-                                     info={"log_z": res.log_z, "log_z_stderr": res.stderr})}
+        ais = self.ais_sandwich(x, budget, generator)
+        return sandwich_estimates(ais)
 
 
 class RBMAnnealingPath:

@@ -1,0 +1,70 @@
+# gm-bench: the experiment DAG.  Thin on purpose: every rule is one `python -m pipeline.<stage>`
+# line, identical to the stage of the same name in dvc.yaml (tests/test_dag_parity.py checks it).
+from pipeline.params import validate, runs
+
+configfile: "params.yaml"
+validate(config)  # one clear error naming the field, before anything runs
+
+RUNS = runs(config)
+DATASETS = sorted({d for d, _, _ in RUNS})
+RUN_DIR = "results/{dataset}/{model}/seed{seed}"
+
+
+def model_params(w):
+    return config["models"][w.model]
+
+
+rule all:
+    input:
+        "reports/report.md",
+        "reports/report.html",
+        "reports/results.csv",
+
+
+rule fetch:
+    output: directory("data/raw/{dataset}")
+    params: options=lambda w: config["datasets"][w.dataset]
+    log: "logs/fetch/{dataset}.log"
+    shell: "python -m pipeline.fetch --dataset {wildcards.dataset} 2> {log}"
+
+
+rule prepare:
+    input: "data/raw/{dataset}", "pipeline/prepare.py"
+    output: "data/processed/{dataset}.npz"
+    params: options=lambda w: config["datasets"][w.dataset]
+    log: "logs/prepare/{dataset}.log"
+    shell: "python -m pipeline.prepare --dataset {wildcards.dataset} 2> {log}"
+
+
+rule classifier:
+    input: "data/processed/{dataset}.npz", "pipeline/classifier.py"
+    output: "results/{dataset}/classifier.pt", "results/{dataset}/reference.json"
+    params: seed=config["seed"]
+    log: "logs/classifier/{dataset}.log"
+    shell: "python -m pipeline.classifier --dataset {wildcards.dataset} 2> {log}"
+
+
+rule train:
+    input: "data/processed/{dataset}.npz", "pipeline/train.py"
+    output: RUN_DIR + "/model.pt", RUN_DIR + "/train.json"
+    params: hp=model_params, seed=config["seed"], device=config.get("device", "auto")
+    log: "logs/train/{dataset}-{model}-seed{seed}.log"
+    shell: "python -m pipeline.train --dataset {wildcards.dataset} --model {wildcards.model} --seed {wildcards.seed} 2> {log}"
+
+
+rule evaluate:
+    input: RUN_DIR + "/model.pt", RUN_DIR + "/train.json", "results/{dataset}/classifier.pt", "pipeline/evaluate.py"
+    output: RUN_DIR + "/eval.json", RUN_DIR + "/samples.png"
+    params: hp=model_params, evaluate=config.get("evaluate", {})
+    log: "logs/evaluate/{dataset}-{model}-seed{seed}.log"
+    shell: "python -m pipeline.evaluate --dataset {wildcards.dataset} --model {wildcards.model} --seed {wildcards.seed} 2> {log}"
+
+
+rule report:
+    input:
+        expand(RUN_DIR + "/eval.json", zip, dataset=[r[0] for r in RUNS], model=[r[1] for r in RUNS], seed=[r[2] for r in RUNS]),
+        expand("results/{dataset}/reference.json", dataset=DATASETS),
+        "pipeline/report.py",
+    output: "reports/report.md", "reports/report.html", "reports/results.csv", "reports/metrics.json", "reports/curves.csv"
+    log: "logs/report.log"
+    shell: "python -m pipeline.report 2> {log}"

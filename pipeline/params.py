@@ -1,0 +1,130 @@
+"""Load and validate params.yaml before any work starts.
+
+Every problem raises one :class:`gm.errors.ConfigError` whose message starts with the dotted
+field name (e.g. ``models.rbm.model.n_hidden: must be >= 1, got 0``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from gm.base import Budget
+from gm.config import make_config, require
+from gm.data import dataset_names, dataset_spec
+from gm.errors import ConfigError
+from gm.registry import model_class, model_names
+
+TOP_KEYS = {"seed", "seeds", "device", "datasets", "evaluate", "runs", "models"}
+TRAIN_KEYS = {"epochs", "batch_size", "checkpoint_every"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig(Budget):
+    """params.yaml ``evaluate:``: the estimator budget plus sample-metric settings."""
+
+    n_samples: int = 1000        # samples drawn per model for the grid and sample metrics
+    n_bootstrap: int = 200       # bootstrap resamples for metric confidence intervals
+
+    def budget(self) -> Budget:
+        return Budget(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Budget)})
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _mapping(value, field: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(field, f"expected a mapping, got {value!r}")
+    return value
+
+
+def validate(params: dict) -> dict:
+    """Check every field of ``params``; return it unchanged if valid."""
+    if not isinstance(params, dict):
+        raise ConfigError("params.yaml", "expected a mapping at the top level")
+    for key in params:
+        require(key in TOP_KEYS, key, "unknown key (known: " + ", ".join(sorted(TOP_KEYS)) + ")")
+    for key in ("seed", "seeds", "datasets", "runs", "models"):
+        require(key in params, key, "missing (see the default params.yaml)")
+    require(_is_int(params["seed"]) and params["seed"] >= 0, "seed",
+            f"must be a non-negative integer, got {params['seed']!r}")
+    seeds = params["seeds"]
+    require(isinstance(seeds, list) and len(seeds) > 0
+            and all(_is_int(s) and s >= 0 for s in seeds), "seeds",
+            f"must be a non-empty list of non-negative integers, got {seeds!r}")
+    require(len(set(seeds)) == len(seeds), "seeds", f"has duplicates: {seeds}")
+    device = params.get("device", "auto")
+    require(isinstance(device, str) and (device in ("auto", "cpu", "cuda")
+                                         or device.startswith("cuda:")),
+            "device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
+    known_ds = dataset_names()
+    datasets = _mapping(params["datasets"], "datasets")
+    for name, opts in datasets.items():
+        require(name in known_ds, f"datasets.{name}",
+                "unknown dataset (known: " + ", ".join(known_ds) + ")")
+        dataset_spec(name).check_options(_mapping(opts, f"datasets.{name}"))
+    make_config(EvaluateConfig, _mapping(params.get("evaluate"), "evaluate"), "evaluate")
+    known_models = model_names()
+    models = _mapping(params["models"], "models")
+    for name, block in models.items():
+        require(name in known_models, f"models.{name}",
+                "unknown model (known: " + ", ".join(known_models) + ")")
+        _validate_model_block(name, _mapping(block, f"models.{name}"))
+    runs = params["runs"]
+    require(isinstance(runs, list) and len(runs) > 0, "runs",
+            "must be a non-empty list of {dataset: D, model: M}")
+    seen = set()
+    for i, run in enumerate(runs):
+        where = f"runs[{i}]"
+        require(isinstance(run, dict) and set(run) == {"dataset", "model"}, where,
+                f"must be {{dataset: D, model: M}}, got {run!r}")
+        require(run["dataset"] in datasets, f"{where}.dataset",
+                f"{run['dataset']!r} is not listed under datasets:")
+        require(run["model"] in models, f"{where}.model",
+                f"{run['model']!r} has no block under models:")
+        key = (run["dataset"], run["model"])
+        require(key not in seen, where, f"duplicate run {key}")
+        seen.add(key)
+    return params
+
+
+def _validate_model_block(name: str, block: dict) -> None:
+    where = f"models.{name}"
+    for key in block:
+        require(key in ("train", "model"), f"{where}.{key}", "unknown key (known: model, train)")
+    train = _mapping(block.get("train"), f"{where}.train")
+    for key, value in train.items():
+        require(key in TRAIN_KEYS, f"{where}.train.{key}",
+                "unknown key (known: " + ", ".join(sorted(TRAIN_KEYS)) + ")")
+        require(_is_int(value) and value >= (0 if key == "checkpoint_every" else 1),
+                f"{where}.train.{key}", f"must be a positive integer, got {value!r}")
+    for key in ("epochs", "batch_size"):
+        require(key in train, f"{where}.train.{key}", "missing")
+    make_config(model_class(name).Config, _mapping(block.get("model"), f"{where}.model"),
+                f"{where}.model")
+
+
+def load(path: str | Path = "params.yaml") -> dict:
+    """Read and validate a params file (merging nothing)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(str(path), "file not found", "run from the repository root")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(str(path), f"not valid YAML: {err}") from None
+    return validate(params)
+
+
+def evaluate_config(params: dict) -> EvaluateConfig:
+    return make_config(EvaluateConfig, params.get("evaluate"), "evaluate")
+
+
+def runs(params: dict) -> list[tuple[str, str, int]]:
+    """Every (dataset, model, seed) the experiment trains, in params order."""
+    return [(r["dataset"], r["model"], s) for r in params["runs"] for s in params["seeds"]]

@@ -1,0 +1,224 @@
+"""Stage report: compile every run's results into reports/ (Markdown, HTML, CSV, figures).
+
+    python -m pipeline.report
+
+Reads results/*/*/seed*/{eval.json,train.json}; writes reports/report.md, report.html,
+results.csv (long: one row per dataset, model, seed, metric), metrics.json (for
+`dvc metrics show`), curves.csv (for `dvc plots show`) and figures/*.png.
+Log-likelihoods are ranked only among results of comparable kind on the same data view.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gm.io import atomic_path, write_json, write_text
+from pipeline import common, document, plots, tracking
+from pipeline.common import log
+
+OUT = Path("reports")
+# which kinds may be ranked against each other (a bound never against an estimate)
+COMPARABLE = {"exact": "likelihood", "estimate": "likelihood", "lower_bound": "lower bound",
+              "upper_bound": "upper bound", "proxy": "proxy"}
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def collect(params: dict) -> tuple[list[dict], list[dict]]:
+    """(eval records, train records) of every run listed in params, missing ones skipped."""
+    evals, trains = [], []
+    for ds, model, seed in common_runs(params):
+        d = common.run_dir(ds, model, seed)
+        if (d / "eval.json").exists():
+            evals.append(json.loads((d / "eval.json").read_text()))
+            trains.append(json.loads((d / "train.json").read_text()))
+        else:
+            log.warning("no eval.json for %s: shown as missing", d)
+    return evals, trains
+
+
+def common_runs(params):
+    from pipeline.params import runs
+    return runs(params)
+
+
+def long_table(evals: list[dict]) -> pd.DataFrame:
+    """One row per (dataset, model, seed, metric), with the estimator's method and kind."""
+    rows = []
+    for e in evals:
+        base = {"dataset": e["dataset"], "model": e["model"], "seed": e["seed"]}
+        ll = e["test_log_likelihood"]
+        rows.append(base | {"metric": "test_log_likelihood", "value": ll["mean"],
+                            "stderr": ll["stderr"], "method": ll["method"], "kind": ll["kind"]})
+        for side, rec in e.get("log_likelihood_bounds", {}).items():
+            if side in ("lower", "upper"):
+                rows.append(base | {"metric": f"test_log_likelihood_{side}", "value": rec["mean"],
+                                    "stderr": rec["stderr"], "method": ll["method"],
+                                    "kind": f"{side}_bound"})
+        for name, m in e.get("sample_metrics", {}).items():
+            rows.append(base | {"metric": name, "value": m["value"], "ci_low": m.get("ci_low"),
+                                "ci_high": m.get("ci_high")})
+        for name, v in e.get("extras", {}).get("metrics", {}).items():
+            rows.append(base | {"metric": f"extra_{name}", "value": v})
+        for name in ("train_seconds", "eval_seconds", "n_parameters"):
+            rows.append(base | {"metric": name, "value": float(e[name])})
+    return pd.DataFrame(rows)
+
+
+def seed_interval(values: np.ndarray) -> tuple[float, float]:
+    """(mean, half-width of the 95% t-interval across seeds); half-width nan for one seed."""
+    n = len(values)
+    if n < 2:
+        return float(values.mean()), float("nan")
+    return float(values.mean()), T95.get(n - 1, 1.96) * float(values.std(ddof=1)) / np.sqrt(n)
+
+
+def headline(evals: list[dict], dataset: str) -> pd.DataFrame:
+    """Per-model summary on one dataset: log-likelihood (mean +- 95% CI over seeds), the
+    within-run stderr, estimator, kind, rank within comparable kinds, cost and size."""
+    rows = []
+    by_model: dict[str, list[dict]] = {}
+    for e in evals:
+        if e["dataset"] == dataset:
+            by_model.setdefault(e["model"], []).append(e)
+    for model, es in sorted(by_model.items()):
+        ll = np.array([e["test_log_likelihood"]["mean"] for e in es])
+        mean, half = seed_interval(ll)
+        first = es[0]["test_log_likelihood"]
+        row = {"model": model, "view": es[0].get("data_view", "binary"),
+               "log p(x) [nats]": mean, "95% CI (seeds)": half,
+               "stderr (within run)": float(np.mean([e["test_log_likelihood"]["stderr"] for e in es])),
+               "estimator": first["method"], "kind": first["kind"], "seeds": len(es)}
+        bounds = [e["log_likelihood_bounds"] for e in es if "log_likelihood_bounds" in e]
+        if bounds:
+            row["sandwich [lower, upper]"] = (
+                f"[{np.mean([b['lower']['mean'] for b in bounds]):.3f}, "
+                f"{np.mean([b['upper']['mean'] for b in bounds]):.3f}]")
+        for name in sorted(es[0].get("sample_metrics", {})):
+            vals = [e["sample_metrics"][name]["value"] for e in es if name in e.get("sample_metrics", {})]
+            row[name] = float(np.mean(vals))
+        row["train s"] = float(np.mean([e["train_seconds"] for e in es]))
+        row["parameters"] = int(es[0]["n_parameters"])
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df["group"] = df["kind"].map(COMPARABLE)
+    df["rank"] = (df.groupby(["view", "group"])["log p(x) [nats]"]
+                  .rank(ascending=False, method="min").astype(int))
+    df["rank"] = df["rank"].astype(str) + " of " + df["group"] + " (" + df["view"] + ")"
+    df = df.drop(columns="group").sort_values(["view", "kind", "log p(x) [nats]"],
+                                              ascending=[True, True, False])
+    return df
+
+
+def _fmt(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype.kind == "f":
+            out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    return out
+
+
+def validation_table(evals: list[dict]) -> pd.DataFrame:
+    rows = []
+    for e in evals:
+        for name, v in e.get("estimator_validation", {}).items():
+            rows.append({"dataset": e["dataset"], "model": e["model"], "seed": e["seed"],
+                         "estimator": v["method"], "kind": v["kind"], "estimate": v["mean"],
+                         "stderr": v["stderr"], "reference": v["reference_method"],
+                         "reference kind": v["reference_kind"],
+                         "estimate - reference": v["difference"]})
+    return pd.DataFrame(rows)
+
+
+def curves(trains: list[dict]) -> pd.DataFrame:
+    rows = []
+    for t in trains:
+        for h in t["history"]:
+            for k, v in h.items():
+                if k not in ("epoch", "epoch_seconds"):
+                    rows.append({"dataset": t["dataset"], "model": t["model"], "seed": t["seed"],
+                                 "epoch": h["epoch"], "metric": k, "value": v})
+    return pd.DataFrame(rows)
+
+
+def build(params: dict) -> list[tuple]:
+    evals, trains = collect(params)
+    figdir = OUT / "figures"
+    if figdir.exists():
+        shutil.rmtree(figdir)
+    figdir.mkdir(parents=True)
+    table = long_table(evals)
+    with atomic_path(OUT / "results.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    curve_df = curves(trains)
+    with atomic_path(OUT / "curves.csv") as tmp:
+        curve_df.to_csv(tmp, index=False)
+    datasets = list(params["datasets"])
+    blocks: list[tuple] = [
+        ("h", 1, "gm-bench report"),
+        ("p", f"Runs: {len(evals)} of {len(common_runs(params))} (dataset, model, seed) "
+              f"combinations; seeds {params['seeds']}; git commit {tracking.git_commit()[:12]}. "
+              "log p(x) is the per-example test log-likelihood in nats (higher is better; "
+              "NLL = -log p(x)). The 95% CI is a t-interval across seeds; the within-run stderr "
+              "is the standard error of the estimator on the test set. Ranks compare only "
+              "results of comparable kind on the same data view: exact values and estimates of "
+              "log p(x) together; lower bounds, upper bounds and proxies (Parzen windows) each "
+              "among themselves. Real-view results are densities of dequantised grey levels "
+              "and are not comparable with binary-view probabilities."),
+    ]
+    metrics_json = {}
+    for ds in datasets:
+        df = headline(evals, ds)
+        if df.empty:
+            continue
+        metrics_json[ds] = {r["model"]: {"log_likelihood": r["log p(x) [nats]"],
+                                         "kind": r["kind"]} for r in df.to_dict("records")}
+        blocks += [("h", 2, f"{ds}: headline table"), ("table", _fmt(df))]
+        for name, fig in plots.dataset_figures(evals, trains, ds, figdir).items():
+            blocks.append(("img", fig, f"{ds}: {name}"))
+        blocks.append(("h", 3, f"{ds}: samples"))
+        for e in sorted((e for e in evals if e["dataset"] == ds),
+                        key=lambda e: (e["model"], e["seed"])):
+            if e["seed"] != params["seeds"][0]:
+                continue
+            src = common.run_dir(ds, e["model"], e["seed"])
+            for png in [src / "samples.png", *sorted(src.glob("extra_*.png"))]:
+                dst = figdir / f"{ds}-{e['model']}-{png.stem}.png"
+                shutil.copyfile(png, dst)
+                blocks.append(("img", dst, f"{e['model']} {png.stem.replace('extra_', '')}"))
+    val = validation_table(evals)
+    blocks.append(("h", 2, "Estimator validation"))
+    if val.empty:
+        blocks.append(("p", "No model small enough for exact enumeration reported a stochastic "
+                            "estimator beside it."))
+    else:
+        blocks += [("p", "Each stochastic estimator run beside the exact value on the same "
+                         "model and test data, in this pipeline's own run."),
+                   ("table", _fmt(val))]
+    pending = tracking.pending_runs()
+    if pending:
+        blocks.append(("p", "MLflow: calls of these runs are not yet logged (store unreachable):"
+                            " " + ", ".join(map(str, pending))))
+    write_json(OUT / "metrics.json", metrics_json)
+    return blocks
+
+
+def run(args, params) -> None:
+    blocks = build(params)
+    write_text(OUT / "report.md", document.to_markdown(blocks, OUT))
+    write_text(OUT / "report.html", document.to_html(blocks, "gm-bench report"))
+    log.info("wrote %s", OUT / "report.md")
+
+
+def main(argv=None) -> int:
+    return common.run_stage(run, argv, __doc__.splitlines()[0], dataset=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Stage train: fit one model on one dataset with one seed.
+
+    python -m pipeline.train --dataset D --model M --seed S
+
+Writes results/D/M/seedS/{model.pt, train.json}; checkpoints every
+``train.checkpoint_every`` epochs to ``checkpoint.pt`` and resumes from it when rerun after a
+crash; logs parameters and per-epoch metrics to MLflow as training runs.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import torch
+
+import gm
+from gm.data import load_splits
+from gm.errors import DivergenceError
+from gm.io import write_json
+from gm.progress import progress
+from gm.ops import bernoulli
+from pipeline import checkpoint, common, tracking
+from pipeline.common import log
+
+
+def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator):
+    """Shuffled minibatches of x (n, ...) along the first axis; the last one may be smaller."""
+    perm = torch.randperm(x.shape[0], generator=generator, device=generator.device)
+    for i in range(0, x.shape[0], batch_size):
+        yield x[perm[i:i + batch_size]]
+
+
+def train_model(model: gm.GenerativeModel, x: torch.Tensor, *, epochs: int, batch_size: int,
+                generator: torch.Generator, dynamic_binarization: bool = False,
+                start_epoch: int = 0, on_epoch=None) -> list[dict]:
+    """Run epochs [start_epoch, epochs); ``on_epoch(epoch, metrics)`` after each one.
+
+    Returns the per-epoch history (means of fit_step's diagnostics plus end_epoch's).
+    Raises DivergenceError naming the model and epoch on a non-finite metric or parameter.
+    """
+    history = []
+    for epoch in progress(range(start_epoch, epochs), desc=f"train {model.name}",
+                          total=epochs - start_epoch):
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        n = 0
+        model.train()
+        for xb in minibatches(x, batch_size, generator):
+            if dynamic_binarization:
+                xb = bernoulli(xb, generator)
+            for k, v in model.fit_step(xb, generator=generator).items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+        metrics = {k: v / n for k, v in sums.items()}
+        metrics |= model.end_epoch(epoch)
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad or not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise DivergenceError(f"model {model.name!r} diverged at epoch {epoch + 1}: "
+                                  f"non-finite {', '.join(bad) or 'parameters'}; lower the "
+                                  f"learning rate in params.yaml models.{model.name}.model")
+        metrics["epoch"] = epoch + 1
+        history.append(metrics)
+        if on_epoch:
+            on_epoch(epoch, metrics)
+    return history
+
+
+def run(args, params) -> None:
+    ds, name, seed = args.dataset, args.model, args.seed
+    block = params["models"][name]
+    device = common.device_of(params)
+    out = common.run_dir(ds, name, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(common.processed_path(ds))
+    cls = gm.model_class(name)
+    x = torch.as_tensor(splits.view(cls.input_kind)["train"], device=device)
+    dynamic = splits.binarization == "dynamic" and cls.input_kind == "binary"
+    epochs, batch_size = block["train"]["epochs"], block["train"]["batch_size"]
+    every = block["train"].get("checkpoint_every", 0)
+
+    torch.manual_seed(common.stage_seed(params, "init", ds, name, seed))
+    model = gm.build(name, splits.data_dim, **block.get("model", {})).to(device)
+    g = common.stage_generator(params, "train", ds, name, seed, device)
+    ckpt_path, start, history, elapsed = out / "checkpoint.pt", 0, [], 0.0
+    phash = tracking.params_hash({"model": block, "seed": params["seed"], "data": ds})
+    if ckpt_path.exists():
+        state = checkpoint.load_state(ckpt_path, expect_model=name)
+        if state["extra"].get("params_hash") == phash:
+            model = checkpoint.restore(state, device)
+            g.set_state(state["extra"]["generator"])
+            start, history = state["epoch"], state["extra"]["history"]
+            elapsed = state["extra"]["train_seconds"]
+            log.info("resuming %s from its checkpoint after epoch %d", out, start)
+    tracker = tracking.RunLogger(out, ds, name, seed, params={"model": block, "seed": seed},
+                                 tags={"gm.params_hash": phash, "git_commit": tracking.git_commit(),
+                                       "device": str(device)})
+    t0 = time.perf_counter()
+
+    def on_epoch(epoch, metrics):
+        tracker.metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+        history.append(metrics)
+        if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
+            checkpoint.save(ckpt_path, model, epoch=epoch + 1, extra={
+                "params_hash": phash, "generator": g.get_state(), "history": history,
+                "train_seconds": elapsed + time.perf_counter() - t0})
+
+    train_model(model, x, epochs=epochs, batch_size=batch_size, generator=g,
+                dynamic_binarization=dynamic, start_epoch=start, on_epoch=on_epoch)
+    seconds = elapsed + time.perf_counter() - t0
+    checkpoint.save(out / "model.pt", model, epoch=epochs, extra={"params_hash": phash})
+    write_json(out / "train.json", {
+        "dataset": ds, "model": name, "seed": seed, "epochs": epochs, "batch_size": batch_size,
+        "train_seconds": seconds, "n_parameters": model.n_parameters(), "device": str(device),
+        "resumed_from_epoch": start, "history": history, "mlflow_run_id": tracker.run_id})
+    tracker.metrics({"train_seconds": seconds})
+    tracker.artifact(out / "model.pt", "checkpoint")
+    ckpt_path.unlink(missing_ok=True)
+    log.info("trained %s/%s seed %d in %.1f s", ds, name, seed, seconds)
+
+
+def main(argv=None) -> int:
+    return common.run_stage(run, argv, __doc__.splitlines()[0], model=True, seed=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

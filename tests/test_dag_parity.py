@@ -1,0 +1,57 @@
+"""Snakefile and dvc.yaml declare the same stages: commands, inputs and outputs."""
+import re
+import subprocess
+from pathlib import Path
+
+from conftest import run, tiny_params
+
+
+def snakemake_jobs(path: Path) -> dict[str, dict]:
+    """command -> {"inputs", "outputs"} from a forced dry run."""
+    out = run(["snakemake", "--cores", "1", "-n", "-p", "--forceall"], path).stdout
+    jobs = {}
+    for block in out.split("\nrule ")[1:]:
+        fields = dict(re.findall(r"^\s+(input|output): (.*)$", block, re.M))
+        cmd = re.search(r"^Shell command: (.*)$", block, re.M)
+        if cmd is None or cmd.group(1).strip() == "None":   # the target rule `all`
+            continue
+        command = re.sub(r"\s+2> \S+$", "", cmd.group(1).strip())
+        jobs[command] = {"inputs": set(filter(None, fields.get("input", "").split(", "))),
+                         "outputs": set(fields["output"].split(", "))}
+    return jobs
+
+
+def dvc_stages(path: Path) -> dict[str, dict]:
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    run(["dvc", "init", "-q"], path)
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+    stages = {}
+    with Repo(str(path)) as repo:
+        for st in repo.index.stages:
+            if not st.cmd:
+                continue
+            stages[st.cmd] = {
+                "inputs": {d.def_path for d in st.deps if not isinstance(d, ParamsDependency)},
+                "outputs": {o.def_path for o in st.outs}}
+    return stages
+
+
+def covered(path: str, deps: set[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def test_snakefile_and_dvc_yaml_declare_the_same_dag(project):
+    p = tiny_params()
+    p["datasets"]["digits"] = {}
+    p["seeds"] = [0, 3]
+    p["runs"].append({"dataset": "digits", "model": "rbm"})
+    path = project(p)
+    smk, dvc = snakemake_jobs(path), dvc_stages(path)
+    assert set(smk) == set(dvc), set(smk) ^ set(dvc)
+    assert len(smk) == 2 * 3 + 2 * 2 * 2 + 1     # fetch/prepare/classifier, train/evaluate, report
+    for cmd in smk:
+        assert smk[cmd]["outputs"] == dvc[cmd]["outputs"], cmd
+        # DVC may depend on a directory holding Snakemake's individual inputs (results/)
+        assert all(covered(i, dvc[cmd]["inputs"]) for i in smk[cmd]["inputs"]), cmd
+        assert all(any(covered(i, {d}) for i in smk[cmd]["inputs"]) for d in dvc[cmd]["inputs"]), cmd

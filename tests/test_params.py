@@ -1,0 +1,60 @@
+"""params.yaml validation: one clear error naming the field, before any work starts."""
+import copy
+
+import pytest
+import yaml
+
+from gm.errors import ConfigError
+from pipeline import params as P
+from conftest import ROOT, run, tiny_params
+
+
+def test_default_params_are_valid():
+    P.load(ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda p: p["models"].__setitem__("nosuch", {}), "models.nosuch"),
+    (lambda p: p["datasets"].__setitem__("nosuch", {}), "datasets.nosuch"),
+    (lambda p: p.__setitem__("colour", 1), "colour"),
+    (lambda p: p["models"]["rbm"]["model"].__setitem__("n_hiden", 3), "models.rbm.model.n_hiden"),
+    (lambda p: p["models"]["rbm"]["model"].__setitem__("n_hidden", "many"), "models.rbm.model.n_hidden"),
+    (lambda p: p["models"]["rbm"]["model"].__setitem__("n_hidden", 0), "models.rbm.model.n_hidden"),
+    (lambda p: p["models"]["rbm"]["model"].__setitem__("lr", -1.0), "models.rbm.model.lr"),
+    (lambda p: p["models"]["rbm"]["train"].__setitem__("epochs", 0), "models.rbm.train.epochs"),
+    (lambda p: p["models"]["rbm"]["train"].pop("batch_size"), "models.rbm.train.batch_size"),
+    (lambda p: p["evaluate"].__setitem__("ais_chains", 0), "evaluate.ais_chains"),
+    (lambda p: p["evaluate"].__setitem__("ais_schedule", "cubic"), "evaluate.ais_schedule"),
+    (lambda p: p.__setitem__("seeds", [0, 0]), "seeds"),
+    (lambda p: p.__setitem__("seed", -1), "seed"),
+    (lambda p: p.__setitem__("device", "tpu"), "device"),
+    (lambda p: p["runs"].append({"dataset": "digits", "model": "rbm"}), "runs[1].dataset"),
+])
+def test_bad_params_name_the_field(edit, field):
+    p = copy.deepcopy(tiny_params())
+    edit(p)
+    with pytest.raises(ConfigError) as err:
+        P.validate(p)
+    assert str(err.value).startswith(field + ":"), str(err.value)
+
+
+def test_stage_cli_reports_bad_params_and_does_no_work(tmp_path):
+    p = tiny_params()
+    p["models"]["rbm"]["model"]["n_hidden"] = -3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    r = run(["python", "-m", "pipeline.train", "--dataset", "bars_stripes", "--model", "rbm",
+             "--seed", "0"], tmp_path, check=False)
+    assert r.returncode == 2
+    assert "models.rbm.model.n_hidden: must be >= 1, got -3" in r.stderr
+    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_snakemake_validates_before_running(project):
+    p = tiny_params()
+    p["evaluate"]["ais_betas"] = 0
+    path = project(p)
+    r = run(["snakemake", "--cores", "1"], path, check=False)
+    assert r.returncode != 0
+    assert "evaluate.ais_betas: must be >= 1, got 0" in r.stdout + r.stderr
+    assert not (path / "data").exists()
