@@ -62,6 +62,9 @@ def run(args, params) -> None:
     g = common.stage_generator(params, "evaluate", ds, name, seed, device)
     t0 = time.perf_counter()
 
+    if hasattr(model, "fit_bandwidth"):  # Parzen proxy: sigma chosen on validation data
+        model.fit_bandwidth(torch.as_tensor(view["val"], device=device), generator=g,
+                            budget=budget)
     ll = model.log_likelihood(x_test, generator=g, budget=budget)
     record = {"dataset": ds, "model": name, "seed": seed, "data_view": model.input_kind,
               "test_log_likelihood": summarize(ll),

@@ -1,0 +1,319 @@
+"""Convolutional RBM with probabilistic max-pooling (book section 20.6; Lee et al. 2009).
+
+Visible image v (H, W) binary; K filters W^k (f, f) shared over positions, giving hidden
+maps h^k of size (H - f + 1, W - f + 1) ("valid" convolution).  The energy is
+
+    E(v, h) = -sum_k sum_ij h^k_ij ((W^k * v)_ij + b_k) - c'v,
+
+where * is cross-correlation, subject to the probabilistic max-pooling constraint: within
+each non-overlapping C x C block of a hidden map at most one unit is on; the pooling unit
+of the block is on iff one of them is (Lee et al. 2009, sec. 3.3).  ``pool = 1`` is the
+plain convolutional RBM.  Given v the blocks are independent (C^2 + 1)-way softmaxes, so
+the free energy is tractable:
+
+    F(v) = -c'v - sum_k sum_blocks log(1 + sum_{ij in block} exp(I^k_ij)),  I^k = W^k * v + b_k,
+
+and given h the pixels are independent: P(v = 1 | h) = sigmoid(c + sum_k W^k (x) h^k)
+(full convolution, the adjoint of ``conv2d``).  Training is CD-k / PCD by differentiating
+F(v_data) - F(v_model).  log p(v) = -F(v) - log Z is exact by enumerating the pixels of
+tiny images, else log Z is estimated by AIS from a base-rate model along
+:class:`ConvRBMAnnealingPath`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gm.base import Budget, Extras, GenerativeModel, LogLikelihood
+from gm.config import require
+from gm.errors import ConfigError
+from gm.estimators.ais import ais_log_z, beta_schedule
+from gm.estimators.exact import enumerate_log_z
+from gm.models.rbm import bernoulli
+from gm.registry import register
+
+
+@dataclass(frozen=True)
+class ConvRBMConfig:
+    n_filters: int = 16
+    filter_size: int = 3
+    pool: int = 2                 # C: probabilistic max-pooling block side (1 = no pooling)
+    image_shape: tuple[int, ...] = ()   # (H, W); empty = square image of side sqrt(data_dim)
+    shared_visible_bias: bool = False   # one visible bias (Lee et al.) or one per pixel
+    lr: float = 0.05
+    cd_k: int = 1
+    persistent: bool = False      # PCD: negative chains carried across updates
+    n_chains: int = 100
+    momentum: float = 0.5
+    weight_decay: float = 1e-4
+    init_std: float = 0.01
+    sample_steps: int = 1000
+
+    def __post_init__(self):
+        require(self.n_filters >= 1, "n_filters", f"must be >= 1, got {self.n_filters}")
+        require(self.filter_size >= 1, "filter_size", f"must be >= 1, got {self.filter_size}")
+        require(self.pool >= 1, "pool", f"must be >= 1, got {self.pool}")
+        require(len(self.image_shape) in (0, 2) and all(s >= 1 for s in self.image_shape),
+                "image_shape", f"must be [] or [H, W] with H, W >= 1, got {self.image_shape}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.cd_k >= 1, "cd_k", f"must be >= 1, got {self.cd_k}")
+        require(self.n_chains >= 1, "n_chains", f"must be >= 1, got {self.n_chains}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
+        require(self.sample_steps >= 1, "sample_steps", f"must be >= 1, got {self.sample_steps}")
+
+
+def _image_shape(data_dim: int, config: ConvRBMConfig) -> tuple[int, int]:
+    """(H, W) of the images, checked against data_dim, filter_size and pool."""
+    if config.image_shape:
+        h, w = config.image_shape
+    else:
+        h = w = math.isqrt(data_dim)
+    if h * w != data_dim:
+        raise ConfigError("models.conv_rbm.model.image_shape",
+                          f"{h} x {w} images do not have data_dim = {data_dim} pixels",
+                          "set image_shape: [H, W] for non-square images")
+    for side in (h, w):
+        hid = side - config.filter_size + 1
+        if hid < 1 or hid % config.pool:
+            raise ConfigError("models.conv_rbm.model.filter_size",
+                              f"hidden maps of side {side} - {config.filter_size} + 1 = {hid} "
+                              f"cannot be tiled by {config.pool} x {config.pool} pooling blocks",
+                              "choose filter_size and pool so that (side - filter_size + 1) "
+                              "is a positive multiple of pool")
+    return h, w
+
+
+@register("conv_rbm")
+class ConvRBM(GenerativeModel):
+    """Convolutional RBM: filters W (K, 1, f, f), hidden biases b (K,), visible bias c (H, W)
+    or (1, 1).  Data are flat images (n, H * W)."""
+
+    Config = ConvRBMConfig
+    input_kind = "binary"
+
+    def __init__(self, data_dim: int, config: ConvRBMConfig):
+        super().__init__(data_dim, config)
+        self.shape = _image_shape(data_dim, config)
+        k, f = config.n_filters, config.filter_size
+        # initial weights come from torch's global RNG, which the pipeline seeds per run
+        self.W = nn.Parameter(config.init_std * torch.randn(k, 1, f, f))
+        self.b = nn.Parameter(torch.zeros(k))
+        self.c = nn.Parameter(torch.zeros((1, 1) if config.shared_visible_bias else self.shape))
+        self.register_buffer("data_sum", torch.zeros(data_dim, dtype=torch.float64))
+        self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("chains", torch.zeros(config.n_chains if config.persistent else 0,
+                                                   data_dim))
+        self.register_buffer("chains_ready", torch.zeros((), dtype=torch.bool))
+        self._opt = torch.optim.SGD(self.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+
+    # --- pooling blocks ------------------------------------------------------------------
+    def _blocks(self, a: Tensor) -> Tensor:
+        """(n, K, Hh, Wh) hidden maps -> (n, K, Hh/C, Wh/C, C*C) pooling blocks."""
+        n, k, hh, wh = a.shape
+        c = self.config.pool
+        return (a.reshape(n, k, hh // c, c, wh // c, c).permute(0, 1, 2, 4, 3, 5)
+                .reshape(n, k, hh // c, wh // c, c * c))
+
+    def _unblocks(self, a: Tensor) -> Tensor:
+        """Inverse of :meth:`_blocks`."""
+        n, k, hp, wp, _ = a.shape
+        c = self.config.pool
+        return (a.reshape(n, k, hp, wp, c, c).permute(0, 1, 2, 4, 3, 5)
+                .reshape(n, k, hp * c, wp * c))
+
+    # --- conditionals and energies -------------------------------------------------------
+    def hidden_input(self, v: Tensor, W: Tensor | None = None, b: Tensor | None = None) -> Tensor:
+        """I^k = W^k * v + b_k for flat images v (n, H*W): (n, K, Hh, Wh)."""
+        W = self.W if W is None else W
+        b = self.b if b is None else b
+        return F.conv2d(v.reshape(-1, 1, *self.shape), W) + b.reshape(1, -1, 1, 1)
+
+    def visible_input(self, h: Tensor, W: Tensor | None = None) -> Tensor:
+        """sum_k W^k (x) h^k (full convolution) for h (n, K, Hh, Wh): (n, H*W), no bias."""
+        W = self.W if W is None else W
+        return F.conv_transpose2d(h, W).flatten(1)
+
+    def visible_bias(self) -> Tensor:
+        """c broadcast to (H*W,)."""
+        return self.c.expand(*self.shape).reshape(-1)
+
+    def block_log_partition(self, inp: Tensor) -> Tensor:
+        """log(1 + sum_{block} exp(I)) per pooling block: (n, K, Hh, Wh) -> (n, K, Hp, Wp)."""
+        blocks = self._blocks(inp)
+        return torch.logsumexp(F.pad(blocks, (1, 0)), dim=-1)
+
+    def sample_hidden(self, inp: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Sample h ~ P(h | v) given I (n, K, Hh, Wh): each block is a softmax over
+        "all off" and its C*C units.  Returns (h (n, K, Hh, Wh), pooling units (n, K, Hp, Wp))."""
+        probs = torch.softmax(F.pad(self._blocks(inp), (1, 0)), dim=-1)   # (..., C*C + 1)
+        u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device,
+                       dtype=probs.dtype)
+        idx = (probs.cumsum(-1) < u).sum(-1).clamp(max=probs.shape[-1] - 1)
+        onehot = F.one_hot(idx, probs.shape[-1]).to(probs.dtype)[..., 1:]
+        return self._unblocks(onehot), onehot.sum(-1)
+
+    def p_v(self, h: Tensor) -> Tensor:
+        """P(v_i = 1 | h), (n, H*W)."""
+        return torch.sigmoid(self.visible_input(h) + self.visible_bias())
+
+    def free_energy(self, v: Tensor) -> Tensor:
+        """F(v), so that p(v) = exp(-F(v)) / Z; v (n, H*W) -> (n,)."""
+        lse = self.block_log_partition(self.hidden_input(v))
+        return -(v @ self.visible_bias()) - lse.flatten(1).sum(1)
+
+    def gibbs(self, v: Tensor, steps: int, generator: torch.Generator) -> Tensor:
+        """``steps`` rounds of block Gibbs sampling v -> h -> v."""
+        for _ in range(steps):
+            h, _ = self.sample_hidden(self.hidden_input(v), generator)
+            v = bernoulli(self.p_v(h), generator)
+        return v
+
+    # --- training ------------------------------------------------------------------------
+    def optimizers(self):
+        return {"sgd": self._opt}
+
+    def base_rate(self) -> Tensor:
+        """Training-data pixel means, clipped to [0.005, 0.995] (H*W,)."""
+        if self.data_count == 0:
+            return torch.full((self.data_dim,), 0.5, device=self.W.device)
+        return (self.data_sum / self.data_count).clamp(0.005, 0.995).to(self.W.dtype)
+
+    def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
+        cfg = self.config
+        with torch.no_grad():
+            if self.data_count == 0:   # visible biases start at the base rate (Hinton 2010)
+                p = x.double().mean(0).clamp(0.005, 0.995)
+                logit = torch.log(p / (1 - p)).to(self.c.dtype)
+                self.c.copy_(logit.mean().reshape(1, 1) if cfg.shared_visible_bias
+                             else logit.reshape(self.shape))
+            self.data_sum += x.double().sum(0)
+            self.data_count += x.shape[0]
+            if cfg.persistent:
+                if not self.chains_ready:
+                    self.chains.copy_(bernoulli(self.base_rate().expand(cfg.n_chains, -1)
+                                                .contiguous(), generator))
+                    self.chains_ready.fill_(True)
+                v_neg = self.gibbs(self.chains, cfg.cd_k, generator)
+                self.chains.copy_(v_neg)
+            else:
+                v_neg = self.gibbs(x, cfg.cd_k, generator)
+        # CD/PCD: the gradient of -log p(x) is dF(x)/dtheta - E_model[dF(v)/dtheta]
+        self._opt.zero_grad(set_to_none=True)
+        gap = self.free_energy(x).mean() - self.free_energy(v_neg).mean()
+        gap.backward()
+        self._opt.step()
+        with torch.no_grad():
+            h, _ = self.sample_hidden(self.hidden_input(x), generator)
+            recon = self.p_v(h)
+        return {"recon_error": float(((x - recon) ** 2).sum(1).mean()),
+                "free_energy_gap": float(gap.detach())}
+
+    # --- sampling ------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator) -> Tensor:
+        v = bernoulli(self.base_rate().expand(n, -1).contiguous(), generator)
+        return self.gibbs(v, self.config.sample_steps, generator)
+
+    # --- likelihood ----------------------------------------------------------------------
+    @torch.no_grad()
+    def log_z_exact(self, max_bits: int = 20) -> float:
+        """Exact log Z = log sum_v exp(-F(v)) by enumerating all 2^(H*W) images (float64)."""
+        return float(enumerate_log_z(self.neg_free_energy, self.data_dim, max_bits=max_bits,
+                                     chunk=2**12, device=self.W.device))
+
+    @torch.no_grad()
+    def neg_free_energy(self, v: Tensor) -> Tensor:
+        """-F(v) in float64, (n,): the annealing path's target (beta = 1)."""
+        return self.annealing_path().log_f(v.double(), 1.0)
+
+    def annealing_path(self) -> "ConvRBMAnnealingPath":
+        return ConvRBMAnnealingPath(self, self.base_rate())
+
+    @torch.no_grad()
+    def log_z_ais(self, budget: Budget, generator: torch.Generator):
+        betas = beta_schedule(budget.ais_betas, budget.ais_schedule)
+        return ais_log_z(self.annealing_path(), betas, budget.ais_chains, generator,
+                         desc="AIS conv_rbm")
+
+    def _ais_log_likelihood(self, x: Tensor, budget: Budget, generator: torch.Generator):
+        res = self.log_z_ais(budget, generator)
+        return LogLikelihood(self.neg_free_energy(x) - res.log_z, "ais", "estimate",
+                             shared_stderr=res.stderr,
+                             info={"log_z": res.log_z, "log_z_stderr": res.stderr,
+                                   "ais_chains": budget.ais_chains,
+                                   "ais_betas": budget.ais_betas})
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
+                       budget: Budget) -> LogLikelihood:
+        """Exact when the image has at most ``budget.exact_max_bits`` pixels, else AIS
+        (an estimate: log Z-hat is unbiased in Z, so log p is biased upward only by
+        the AIS variance; reported with its delta-method stderr)."""
+        if self.data_dim <= budget.exact_max_bits:
+            log_z = self.log_z_exact(budget.exact_max_bits)
+            return LogLikelihood(self.neg_free_energy(x) - log_z, "exact", "exact",
+                                 info={"log_z": log_z})
+        return self._ais_log_likelihood(x, budget, generator)
+
+    @torch.no_grad()
+    def validation_estimates(self, x, *, generator, budget):
+        if self.data_dim > budget.exact_max_bits:
+            return {}
+        return {"ais": self._ais_log_likelihood(x, budget, generator)}
+
+    @torch.no_grad()
+    def extras(self, x, *, generator, budget, classifier=None) -> Extras:
+        """images["filters"]: each filter, min-max scaled, centred on a blank image (K, H*W)."""
+        k, f = self.config.n_filters, self.config.filter_size
+        w = self.W.detach().reshape(k, -1)
+        w = (w - w.min(1, keepdim=True).values) / (w.max(1, keepdim=True).values
+                                                    - w.min(1, keepdim=True).values + 1e-12)
+        canvas = torch.zeros(k, *self.shape, device=w.device)
+        top, left = (self.shape[0] - f) // 2, (self.shape[1] - f) // 2
+        canvas[:, top:top + f, left:left + f] = w.reshape(k, f, f)
+        return Extras(images={"filters": canvas.reshape(k, -1).cpu()})
+
+
+class ConvRBMAnnealingPath:
+    """p_beta(v) ∝ exp(((1-beta) b_A + beta c)'v) prod_blocks (1 + sum_block exp(beta I(v))).
+
+    The joint is p_beta(v, h) ∝ exp((1-beta) b_A'v - beta E(v, h)) under the pooling
+    constraint.  beta = 0 is the base-rate model with biases b_A = logit(data mean), whose
+    hidden blocks are uniform over their C^2 + 1 states, so
+    Z_0 = prod_i (1 + exp(b_A,i)) (C^2 + 1)^(number of blocks)
+    (Salakhutdinov & Murray 2008, sec. 4.2, with Lee et al.'s blocks in place of units).
+    """
+
+    def __init__(self, model: ConvRBM, base_rate: Tensor):
+        self.model = model
+        self.W, self.b = model.W.detach().double(), model.b.detach().double()
+        self.c = model.visible_bias().detach().double()
+        p = base_rate.double()
+        self.b_a = torch.log(p / (1 - p))
+        hh, wh = (s - model.config.filter_size + 1 for s in model.shape)
+        self.n_blocks = model.config.n_filters * (hh // model.config.pool) * (wh // model.config.pool)
+
+    def base_log_z(self) -> float:
+        return float(F.softplus(self.b_a).sum()
+                     + self.n_blocks * math.log(self.model.config.pool ** 2 + 1))
+
+    def base_sample(self, n: int, generator: torch.Generator) -> Tensor:
+        return bernoulli(torch.sigmoid(self.b_a).expand(n, -1).contiguous(), generator)
+
+    def log_f(self, v: Tensor, beta: float) -> Tensor:
+        inp = beta * self.model.hidden_input(v, self.W, self.b)
+        return (v @ ((1 - beta) * self.b_a + beta * self.c)
+                + self.model.block_log_partition(inp).flatten(1).sum(1))
+
+    def transition(self, v: Tensor, beta: float, generator: torch.Generator) -> Tensor:
+        h, _ = self.model.sample_hidden(beta * self.model.hidden_input(v, self.W, self.b),
+                                        generator)
+        act = (1 - beta) * self.b_a + beta * (self.c + self.model.visible_input(h, self.W))
+        return bernoulli(torch.sigmoid(act), generator)

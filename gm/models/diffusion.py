@@ -1,0 +1,181 @@
+"""Diffusion probabilistic model for binary data (book 20.13; Sohl-Dickstein et al. 2015, in the
+DDPM form of Ho et al. 2020 with the discrete kernel of Hoogeboom et al. 2021).
+
+Forward (binomial) diffusion, per pixel: q(x_t | x_{t-1}) = (1 - beta_t) [x_t = x_{t-1}] +
+beta_t / 2, so q(x_t | x_0) = alphabar_t [x_t = x_0] + (1 - alphabar_t) / 2 with
+alphabar_t = prod_s (1 - beta_s).  Sohl-Dickstein et al.'s schedule beta_t = 1 / (T - t + 1)
+gives alphabar_t = 1 - t / T, so x_T is exactly uniform and the prior term of the bound is 0.
+
+Reverse model p(x_{t-1} | x_t): a network predicts x0-probabilities p^(x_0 | x_t, t) and
+p(x_{t-1} = b | x_t) is proportional to q(x_t | x_{t-1} = b) q(x_{t-1} = b | x_0 = p^), the
+posterior with x_0 replaced by its prediction (Hoogeboom et al. 2021, eq. 9).  Every
+distribution is discrete, so the variational bound
+
+  log p(x_0) >= E_q[ log p(x_0 | x_1) - sum_{t=2}^T KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) ]
+
+is a lower bound on a discrete log-likelihood in nats (minus KL(q(x_T | x_0) || p(x_T)) = 0).
+Training minimises an unbiased one-timestep estimate of minus the bound.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from gm.base import Budget, Extras, GenerativeModel, LogLikelihood
+from gm.config import require
+from gm.models.ae_chain import check_finite
+from gm.ops import bernoulli
+from gm.registry import register
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    n_steps: int = 20             # T
+    n_hidden: int = 256
+    n_layers: int = 2             # hidden layers of the x0-predictor
+    lr: float = 2e-3              # Adam
+    eval_samples: int = 4         # draws of x_t per (example, t) in the bound's Monte Carlo sum
+
+    def __post_init__(self):
+        require(self.n_steps >= 1, "n_steps", f"must be >= 1, got {self.n_steps}")
+        require(self.n_hidden >= 1, "n_hidden", f"must be >= 1, got {self.n_hidden}")
+        require(self.n_layers >= 1, "n_layers", f"must be >= 1, got {self.n_layers}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.eval_samples >= 1, "eval_samples", f"must be >= 1, got {self.eval_samples}")
+
+
+def _bernoulli_kl(q: Tensor, p: Tensor) -> Tensor:
+    """KL(Bern(q) || Bern(p)) summed over the last dimension, (n,)."""
+    eps = 1e-12
+    return (q * ((q + eps).log() - (p + eps).log())
+            + (1 - q) * ((1 - q + eps).log() - (1 - p + eps).log())).sum(-1)
+
+
+@register("diffusion")
+class Diffusion(GenerativeModel):
+    """x0-predictor: MLP of (x_t, embedding of t) to d logits."""
+
+    Config = DiffusionConfig
+    input_kind = "binary"
+
+    def __init__(self, data_dim: int, config: DiffusionConfig):
+        super().__init__(data_dim, config)
+        T, H = config.n_steps, config.n_hidden
+        self.inp = nn.Linear(data_dim, H)
+        self.time = nn.Embedding(T + 1, H)
+        layers = []
+        for _ in range(config.n_layers - 1):
+            layers += [nn.SiLU(), nn.Linear(H, H)]
+        self.body = nn.Sequential(*layers, nn.SiLU(), nn.Linear(H, data_dim))
+        t = torch.arange(T + 1, dtype=torch.float64)
+        self.register_buffer("alphabar", (1 - t / T))                     # (T + 1,), [0] = 1
+        self._opt = torch.optim.Adam(self.parameters(), lr=config.lr)
+
+    def optimizers(self):
+        return {"adam": self._opt}
+
+    def beta(self, t: Tensor) -> Tensor:
+        """beta_t = 1 / (T - t + 1) for t in 1..T."""
+        return 1.0 / (self.config.n_steps - t + 1).double()
+
+    # --- forward process -----------------------------------------------------------------
+    def q_xt_given_x0(self, x0: Tensor, t: Tensor) -> Tensor:
+        """P(x_t = 1 | x_0) (n, d) for t (n,) in 0..T."""
+        a = self.alphabar[t].unsqueeze(1).to(x0.dtype)
+        return a * x0 + (1 - a) / 2
+
+    def posterior(self, xt: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+        """P(x_{t-1} = 1 | x_t, x_0) for t (n,) in 1..T; x0 may be a probability (n, d).
+
+        Proportional to q(x_t | x_{t-1} = b) q(x_{t-1} = b | x_0), over b in {0, 1}.
+        """
+        beta = self.beta(t).unsqueeze(1).to(xt.dtype)
+        like1 = (1 - beta) * xt + beta / 2                    # q(x_t | x_{t-1} = 1)
+        like0 = (1 - beta) * (1 - xt) + beta / 2              # q(x_t | x_{t-1} = 0)
+        prior1 = self.q_xt_given_x0(x0, t - 1)                # q(x_{t-1} = 1 | x_0)
+        w1, w0 = like1 * prior1, like0 * (1 - prior1)
+        return w1 / (w1 + w0)
+
+    # --- reverse model -------------------------------------------------------------------
+    def x0_probs(self, xt: Tensor, t: Tensor) -> Tensor:
+        """p^(x_0 = 1 | x_t, t), (n, d)."""
+        return torch.sigmoid(self.body(self.inp(2 * xt - 1) + self.time(t)))
+
+    def p_prev(self, xt: Tensor, t: Tensor) -> Tensor:
+        """p(x_{t-1} = 1 | x_t), (n, d), for t (n,) in 1..T."""
+        return self.posterior(xt, self.x0_probs(xt, t), t)
+
+    def bound_term(self, x0: Tensor, t: Tensor, generator: torch.Generator) -> Tensor:
+        """One-sample estimate of the t-th term of minus the bound, (n,), t (n,) in 1..T.
+
+        t = 1: -log p(x_0 | x_1); t >= 2: KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)).
+        """
+        xt = bernoulli(self.q_xt_given_x0(x0, t), generator)
+        p = self.p_prev(xt, t).clamp(1e-7, 1 - 1e-7)
+        q = self.posterior(xt, x0, t)
+        nll = -(x0 * p.log() + (1 - x0) * (1 - p).log()).sum(1)
+        return torch.where(t == 1, nll, _bernoulli_kl(q, p))
+
+    def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
+        T = self.config.n_steps
+        t = torch.randint(1, T + 1, (x.shape[0],), generator=generator, device=x.device)
+        loss = T * self.bound_term(x, t, generator).mean()          # unbiased for -bound
+        check_finite(loss, "diffusion")
+        self._opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._opt.step()
+        return {"neg_bound": float(loss.detach())}
+
+    # --- sampling ------------------------------------------------------------------------
+    @torch.no_grad()
+    def trajectory(self, n: int, generator: torch.Generator) -> list[Tensor]:
+        """Ancestral samples x_T, ..., x_0 of the reverse chain, T + 1 tensors (n, d)."""
+        x = bernoulli(torch.full((n, self.data_dim), 0.5, device=self.device), generator)
+        out = [x]
+        for step in range(self.config.n_steps, 0, -1):
+            t = torch.full((n,), step, device=x.device, dtype=torch.long)
+            x = bernoulli(self.p_prev(x, t), generator)
+            out.append(x)
+        return out
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator) -> Tensor:
+        return self.trajectory(n, generator)[-1]
+
+    # --- likelihood ----------------------------------------------------------------------
+    @torch.no_grad()
+    def bound_terms(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Monte Carlo means over ``eval_samples`` draws of every term of minus the bound, (T, n)."""
+        T, k = self.config.n_steps, self.config.eval_samples
+        rows = []
+        for step in range(1, T + 1):
+            t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
+            rows.append(torch.stack([self.bound_term(x, t, generator) for _ in range(k)]).mean(0))
+        return torch.stack(rows).double()
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
+                       budget: Budget) -> LogLikelihood:
+        """The variational lower bound on log p(x) (nats), Monte Carlo over x_t ~ q(x_t | x)."""
+        return LogLikelihood(-self.bound_terms(x, generator).sum(0), "diffusion_elbo",
+                             "lower_bound",
+                             info={"n_steps": self.config.n_steps,
+                                   "eval_samples": self.config.eval_samples})
+
+    @torch.no_grad()
+    def extras(self, x: Tensor, *, generator: torch.Generator, budget: Budget,
+               classifier=None) -> Extras:
+        """table "bound_terms" (mean term per t), images["chain"] (10 reverse chains, 11 frames)."""
+        terms = self.bound_terms(x, generator).mean(1)
+        out = Extras(tables={"bound_terms": [{"t": i + 1, "nats": float(v)}
+                                             for i, v in enumerate(terms)]})
+        traj = self.trajectory(10, generator)
+        idx = torch.linspace(0, self.config.n_steps, 11).round().long().tolist()
+        out.images["chain"] = torch.stack([traj[i] for i in idx], 1).reshape(-1, self.data_dim)
+        if classifier is not None:
+            s = self.sample(500, generator=generator)
+            p = classifier(s).softmax(1)
+            out.metrics["sample_classifier_confidence"] = float(p.max(1).values.mean())
+        return out

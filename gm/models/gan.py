@@ -1,0 +1,87 @@
+"""Generative adversarial network (book section 20.10.4; Goodfellow et al. 2014).
+
+Generator x = g(z) = sigmoid(G(z)), z ~ N(0, I); discriminator D(x) = sigmoid(d(x)).
+The discriminator ascends log D(x) + log(1 - D(g(z))); the generator uses the
+non-saturating loss -log D(g(z)) (book eq. 20.81 and the heuristic after it).  Both players
+are MLPs here; :mod:`gm.models.dcgan` swaps in convolutional ones.  Evaluation: see
+:mod:`gm.models.implicit` (Parzen proxy, decoder AIS).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gm.config import require
+from gm.models.implicit import ImplicitConfig, ImplicitGenerator
+from gm.nets import mlp
+from gm.registry import register
+
+
+@dataclass(frozen=True)
+class GANConfig(ImplicitConfig):
+    hidden: tuple[int, ...] = (128,)   # widths of both MLPs (the discriminator's reversed)
+    lr_g: float = 1e-3
+    lr_d: float = 1e-3
+    beta1: float = 0.5                 # Adam's first-moment decay (Radford et al. 2016)
+    d_steps: int = 1                   # discriminator updates per generator update
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(all(h >= 1 for h in self.hidden), "hidden",
+                f"sizes must be >= 1, got {self.hidden}")
+        require(self.lr_g > 0, "lr_g", f"must be > 0, got {self.lr_g}")
+        require(self.lr_d > 0, "lr_d", f"must be > 0, got {self.lr_d}")
+        require(0 <= self.beta1 < 1, "beta1", f"must be in [0, 1), got {self.beta1}")
+        require(self.d_steps >= 1, "d_steps", f"must be >= 1, got {self.d_steps}")
+
+
+@register("gan")
+class GAN(ImplicitGenerator):
+    """GAN with MLP players: ``gen`` (latent -> d logits), ``disc`` (d -> 1 logit)."""
+
+    Config = GANConfig
+    input_kind = "binary"
+
+    def __init__(self, data_dim: int, config: GANConfig):
+        super().__init__(data_dim, config)
+        self.gen, self.disc = self.build_players(data_dim, config)
+        betas = (config.beta1, 0.999)
+        self._opt_g = torch.optim.Adam(self.gen.parameters(), lr=config.lr_g, betas=betas)
+        self._opt_d = torch.optim.Adam(self.disc.parameters(), lr=config.lr_d, betas=betas)
+
+    def build_players(self, data_dim: int, config: GANConfig) -> tuple[nn.Module, nn.Module]:
+        """(generator: (n, latent) -> (n, d) logits, discriminator: (n, d) -> (n, 1) logit)."""
+        h = list(config.hidden)
+        return (mlp([config.latent_dim, *h, data_dim]),
+                mlp([data_dim, *h[::-1], 1], lambda: nn.LeakyReLU(0.2)))
+
+    def generate(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.gen(z))
+
+    def optimizers(self):
+        return {"generator": self._opt_g, "discriminator": self._opt_d}
+
+    def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
+        n = x.shape[0]
+        for _ in range(self.config.d_steps):
+            with torch.no_grad():
+                fake = self.generate(self.latent(n, generator))
+            real_logit, fake_logit = self.disc(x).squeeze(1), self.disc(fake).squeeze(1)
+            # -[log D(x) + log(1 - D(g(z)))] = softplus(-d(x)) + softplus(d(g(z)))
+            loss_d = F.softplus(-real_logit).mean() + F.softplus(fake_logit).mean()
+            self._opt_d.zero_grad()
+            loss_d.backward()
+            self._opt_d.step()
+        fake_logit = self.disc(self.generate(self.latent(n, generator))).squeeze(1)
+        loss_g = F.softplus(-fake_logit).mean()            # non-saturating: -log D(g(z))
+        self._opt_g.zero_grad()
+        loss_g.backward()
+        self._opt_g.step()
+        with torch.no_grad():
+            d_real = torch.sigmoid(real_logit).mean()
+            d_fake = torch.sigmoid(fake_logit).mean()
+        return {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()),
+                "d_real": float(d_real), "d_fake": float(d_fake)}

@@ -1,0 +1,120 @@
+"""Generative moment-matching network (book section 20.10.5; Li, Swersky & Zemel 2015;
+Dziugaite, Roy & Ghahramani 2015).
+
+A generator x = g(z), z ~ N(0, I), trained by minimising the maximum mean discrepancy
+sqrt(MMD^2) between a minibatch of data and one of samples, with a sum of Gaussian kernels of
+several bandwidths (book eq. 20.82-20.83).  ``space: code`` is GMMN+AE: an autoencoder is
+trained first (``ae_epochs`` epochs), then frozen, and the GMMN matches the distribution of its
+codes; samples are decoded codes.  Evaluation: see :mod:`gm.models.implicit`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gm.config import require
+from gm.models.implicit import ImplicitConfig, ImplicitGenerator
+from gm.nets import mlp
+from gm.registry import register
+
+
+def mmd_squared(x: Tensor, y: Tensor, bandwidths: tuple[float, ...]) -> Tensor:
+    """Biased (V-statistic) MMD^2 between samples x (n, d) and y (m, d) under the kernel
+    k(a, b) = sum_s exp(-|a - b|^2 / (2 s^2)) (Li et al. 2015, eq. 1-2); a scalar."""
+    xy = torch.cat([x, y])
+    norms = (xy**2).sum(1)
+    sq = (norms[:, None] + norms[None, :] - 2 * xy @ xy.T).clamp(min=0)
+    k = sum(torch.exp(-sq / (2 * s**2)) for s in bandwidths)
+    n = x.shape[0]
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+
+
+@dataclass(frozen=True)
+class GMMNConfig(ImplicitConfig):
+    hidden: tuple[int, ...] = (128, 128)
+    bandwidths: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)     # kernel widths in data space
+    lr: float = 1e-3
+    space: Literal["data", "code"] = "data"                 # "code" = GMMN+AE
+    code_dim: int = 16                                      # GMMN+AE: sigmoid code units
+    ae_hidden: tuple[int, ...] = (64,)
+    ae_epochs: int = 30                                     # GMMN+AE: autoencoder first
+    code_bandwidths: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # kernel widths in code space
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("hidden", "ae_hidden"):
+            v = getattr(self, name)
+            require(all(h >= 1 for h in v), name, f"sizes must be >= 1, got {v}")
+        for name in ("bandwidths", "code_bandwidths"):
+            v = getattr(self, name)
+            require(len(v) >= 1 and all(s > 0 for s in v), name,
+                    f"need one or more widths > 0, got {v}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.code_dim >= 1, "code_dim", f"must be >= 1, got {self.code_dim}")
+        require(self.ae_epochs >= 0, "ae_epochs", f"must be >= 0, got {self.ae_epochs}")
+
+
+@register("gmmn")
+class GMMN(ImplicitGenerator):
+    """GMMN in data space, or on an autoencoder's code (GMMN+AE)."""
+
+    Config = GMMNConfig
+    input_kind = "binary"
+
+    def __init__(self, data_dim: int, config: GMMNConfig):
+        super().__init__(data_dim, config)
+        code = config.space == "code"
+        out = config.code_dim if code else data_dim
+        self.gen = mlp([config.latent_dim, *config.hidden, out])
+        self._opt = torch.optim.Adam(self.gen.parameters(), lr=config.lr)
+        self.register_buffer("epochs_done", torch.zeros((), dtype=torch.int64))
+        if code:
+            h = list(config.ae_hidden)
+            self.encoder = mlp([data_dim, *h, config.code_dim])
+            self.decoder = mlp([config.code_dim, *h[::-1], data_dim])
+            self._opt_ae = torch.optim.Adam([*self.encoder.parameters(),
+                                             *self.decoder.parameters()], lr=config.lr)
+
+    @property
+    def in_code_space(self) -> bool:
+        return self.config.space == "code"
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Autoencoder code in [0, 1]^code_dim, (n, code_dim)."""
+        return torch.sigmoid(self.encoder(x))
+
+    def generate(self, z: Tensor) -> Tensor:
+        out = torch.sigmoid(self.gen(z))
+        return torch.sigmoid(self.decoder(out)) if self.in_code_space else out
+
+    def optimizers(self):
+        return {"gmmn": self._opt, **({"autoencoder": self._opt_ae} if self.in_code_space else {})}
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        self.epochs_done += 1
+        return {}
+
+    def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
+        cfg = self.config
+        if self.in_code_space and int(self.epochs_done) < cfg.ae_epochs:
+            loss = F.binary_cross_entropy_with_logits(self.decoder(self.encode(x)), x,
+                                                      reduction="none").sum(1).mean()
+            self._opt_ae.zero_grad()
+            loss.backward()
+            self._opt_ae.step()
+            return {"ae_loss": float(loss.detach())}
+        if self.in_code_space:
+            with torch.no_grad():
+                target, widths = self.encode(x), cfg.code_bandwidths
+        else:
+            target, widths = x, cfg.bandwidths
+        fake = torch.sigmoid(self.gen(self.latent(x.shape[0], generator)))
+        mmd = mmd_squared(target, fake, widths).clamp(min=1e-12).sqrt()
+        self._opt.zero_grad()
+        mmd.backward()
+        self._opt.step()
+        return {"mmd": float(mmd.detach())}

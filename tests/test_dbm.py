@@ -1,0 +1,79 @@
+"""Deep Boltzmann machine (book 20.4): exact enumeration vs brute force, the AIS path,
+the AIS/RAISE sandwich and the mean-field lower bound, and the training phases."""
+import torch
+
+import gm
+from gm.base import Budget
+from gm.estimators.exact import binary_states
+
+
+def _dbm(n1=4, n2=3, scale=0.7, seed=0):
+    torch.manual_seed(seed)
+    m = gm.build("dbm", 6, n_hidden1=n1, n_hidden2=n2)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, scale)
+    return m
+
+
+def _brute(m):
+    """(log Z, log f(v) for all v) summing exp(-E) over every (v, h1, h2)."""
+    W1, W2, b, c1, c2 = m._params64()
+    s = binary_states(6 + W2.shape[0] + W2.shape[1], dtype=torch.float64)
+    v, h1, h2 = s[:, :6], s[:, 6:6 + W2.shape[0]], s[:, 6 + W2.shape[0]:]
+    neg_e = v @ b + h1 @ c1 + h2 @ c2 + ((v @ W1) * h1).sum(1) + ((h1 @ W2) * h2).sum(1)
+    idx = (v * 2 ** torch.arange(6)).sum(1).long()
+    log_f = torch.stack([torch.logsumexp(neg_e[idx == i], 0) for i in range(64)])
+    return float(torch.logsumexp(neg_e, 0)), log_f
+
+
+def test_exact_matches_brute_force_for_both_enumeration_orders():
+    for n1, n2 in ((4, 3), (3, 4)):
+        m = _dbm(n1, n2)
+        log_z, log_f = _brute(m)
+        assert abs(m.log_z_exact() - log_z) < 1e-9
+        assert torch.allclose(m.log_f_v(binary_states(6)), log_f, atol=1e-9)
+        path = m.annealing_path()          # beta = 1 end of the AIS path is the DBM over (v, h2)
+        s = binary_states(6 + n2, dtype=torch.float64)
+        assert abs(float(torch.logsumexp(path.log_f(s, 1.0), 0)) - log_z) < 1e-9
+        assert abs(float(torch.logsumexp(path.log_f(s, 0.0), 0)) - path.base_log_z()) < 1e-9
+
+
+def test_sandwich_and_mean_field_bound_against_exact():
+    """RAISE <= exact <= AIS to within 0.05 nats (stochastic bounds), AIS within 0.1 nats,
+    and the mean-field bound below exact."""
+    m = _dbm()
+    x = binary_states(6)[::2]
+    budget = Budget(ais_chains=100, ais_betas=150)
+    exact = m.log_likelihood(x, generator=torch.Generator(), budget=budget)
+    assert exact.kind == "exact"
+    est = m.validation_estimates(x, generator=torch.Generator().manual_seed(0), budget=budget)
+    lower, upper = (float(est["ais"].bounds[k].mean()) for k in ("lower", "upper"))
+    assert lower - 0.05 <= exact.mean <= upper + 0.05, (lower, exact.mean, upper)
+    assert abs(est["ais"].mean - exact.mean) < 0.1
+    assert est["raise"].kind == est["mean_field"].kind == "lower_bound"
+    assert (est["mean_field"].values <= exact.values + 1e-9).all()
+    big = m.log_likelihood(x, generator=torch.Generator().manual_seed(1),
+                           budget=Budget(exact_max_bits=3, ais_chains=100, ais_betas=150))
+    assert (big.method, big.kind) == ("ais", "estimate") and abs(big.mean - exact.mean) < 0.1
+    none = m.log_likelihood(x, generator=torch.Generator().manual_seed(1),
+                            budget=Budget(exact_max_bits=2, ais_chains=100, ais_betas=150))
+    assert (none.method, none.kind) == ("mean_field+ais", "lower_bound")
+    assert none.mean < exact.mean + 0.05 and "lower" in none.bounds
+
+
+def test_phases_and_training_improve_likelihood():
+    torch.manual_seed(0)
+    m = gm.build("dbm", 6, n_hidden1=4, n_hidden2=3, pretrain_epochs=1, lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(100, 6, generator=g) < 0.3).float()
+    x[:, 1] = x[:, 0]
+    before = m.log_likelihood(x, generator=g, budget=Budget()).mean
+    phases = []
+    for epoch in range(8):
+        for _ in range(10):
+            phases.append(m.fit_step(x, generator=g)["phase"])
+        m.end_epoch(epoch)
+    assert phases[0] == 0.0 and phases[10] == 1.0 and phases[-1] == 2.0
+    assert m.log_likelihood(x, generator=g, budget=Budget()).mean > before + 0.3
+    assert m.sample(5, generator=g).shape == (5, 6)

@@ -1,0 +1,131 @@
+"""Binary diffusion: kernel algebra, the bound below the exact log-likelihood, bars and stripes."""
+import pytest
+import torch
+
+import gm
+from gm.base import Budget
+from gm.data.bars_stripes import optimum_log_likelihood, patterns
+from gm.errors import ConfigError
+from gm.estimators.exact import binary_states
+from model_checks import assert_resumes_exactly
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def build(d, **kw):
+    torch.manual_seed(0)
+    return gm.build("diffusion", d, **kw)
+
+
+def test_marginal_and_posterior_match_the_one_step_kernel():
+    """q(x_t | x_0) by composing the kernels, and Bayes' rule for q(x_{t-1} | x_t, x_0)."""
+    model = build(1, n_steps=5)
+    for x0 in (0.0, 1.0):
+        p1 = torch.tensor(x0, dtype=torch.float64)              # P(x_t = 1 | x_0), t = 0
+        for t in range(1, 6):
+            b = float(model.beta(torch.tensor(t)))
+            prev = p1
+            p1 = (1 - b) * prev + b / 2
+            tt = torch.tensor([t])
+            assert torch.allclose(model.q_xt_given_x0(torch.tensor([[x0]]), tt).double(), p1)
+            for xt in (0.0, 1.0):
+                like = lambda b_: (1 - b) * (xt == b_) + b / 2  # noqa: E731
+                w1, w0 = like(1.0) * prev, like(0.0) * (1 - prev)
+                got = model.posterior(torch.tensor([[xt]]), torch.tensor([[x0]]), tt)
+                assert torch.allclose(got.double(), w1 / (w1 + w0), atol=1e-6)
+    assert float(model.alphabar[-1]) == 0.0                    # x_T uniform: no prior term
+
+
+def exact_log_p(model, d):
+    """log p(x_0) for every x_0 in {0,1}^d by summing the reverse chain over all states."""
+    states = binary_states(d)                                  # (2^d, d)
+    p = torch.full((2**d,), 2.0**-d, dtype=torch.float64)
+    for step in range(model.config.n_steps, 0, -1):
+        probs = model.p_prev(states, torch.full((2**d,), step)).double()   # (from, d)
+        trans = (states.double().unsqueeze(0) * probs.unsqueeze(1)
+                 + (1 - states.double().unsqueeze(0)) * (1 - probs.unsqueeze(1))).prod(2)
+        p = p @ trans                                          # (to,)
+    return p.log(), states
+
+
+def test_bound_is_below_the_exact_log_likelihood():
+    d = 4
+    model = build(d, n_steps=4, n_hidden=32, eval_samples=400, lr=1e-2)
+    x = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0]], dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        model.fit_step(x[torch.randint(0, 3, (32,), generator=gen)], generator=gen)
+    with torch.no_grad():
+        log_p, states = exact_log_p(model, d)
+        assert abs(float(log_p.exp().sum()) - 1) < 1e-9
+        idx = (x @ (2 ** torch.arange(d)).float()).long()
+        ll = model.log_likelihood(x, generator=gen, budget=Budget())
+    assert ll.kind == "lower_bound"
+    # each value is a mean over 400 draws per term; allow Monte Carlo noise of a few hundredths
+    assert (ll.values <= log_p[idx] + 0.05).all(), (ll.values, log_p[idx])
+    assert (ll.values >= log_p[idx] - 1.0).all()               # and a trained bound is not loose
+
+
+def bars_bound(model, gen):
+    x = torch.tensor(patterns())
+    with torch.no_grad():
+        return model.log_likelihood(x, generator=gen, budget=Budget())
+
+
+def train_bars(model, steps, gen):
+    from gm.data import dataset_spec
+    xtr = torch.tensor(dataset_spec("bars_stripes").prepare(None).x["train"])
+    for _ in range(steps):
+        model.fit_step(xtr[torch.randint(0, len(xtr), (100,), generator=gen)], generator=gen)
+
+
+def check_bars(steps, gap, **kw):
+    """The mean bound over the 30 patterns never exceeds -log 30 (their mean log p is at most
+    log of their mean p, at most -log 30) and rises towards it with training."""
+    model = build(16, eval_samples=50, **kw)
+    gen = torch.Generator().manual_seed(0)
+    opt = optimum_log_likelihood()
+    history = [bars_bound(model, gen)]
+    for _ in range(3):
+        train_bars(model, steps // 3, gen)
+        history.append(bars_bound(model, gen))
+    means = [h.mean for h in history]
+    for m in means:       # 0.05 nats: Monte Carlo noise of 50 draws per term and pattern
+        assert m <= opt + 0.05, (means, opt)
+    assert means[-1] > means[0] + 5
+    assert means[-1] > opt - gap, (means, opt)
+
+
+def test_bars_stripes_bound_approaches_optimum_fast():
+    check_bars(300, gap=3.0, n_steps=10, n_hidden=128)
+
+
+@pytest.mark.slow
+def test_bars_stripes_bound_approaches_optimum():
+    check_bars(6000, gap=1.0, n_steps=20, n_hidden=256)   # reached -4.08 vs -3.40 (gap 0.68)
+
+
+def test_samples_binary_and_reproducible():
+    model = build(16, n_steps=5)
+    a = model.sample(8, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (8, 16) and set(a.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(a, model.sample(8, generator=torch.Generator().manual_seed(1)))
+    ex = model.extras(a, generator=torch.Generator().manual_seed(2), budget=Budget())
+    assert ex.images["chain"].shape == (110, 16) and len(ex.tables["bound_terms"]) == 5
+
+
+def test_resumes_exactly():
+    x = (torch.rand(16, 6, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+    assert_resumes_exactly("diffusion", x, n_steps=4, n_hidden=8)
+
+
+@pytest.mark.parametrize("bad", [{"n_steps": 0}, {"eval_samples": 0}, {"lr": 0.0}])
+def test_bad_config(bad):
+    with pytest.raises(ConfigError):
+        gm.build("diffusion", 6, **bad)

@@ -1,0 +1,43 @@
+"""NADE's O(dH) pass (shared weights, cumulative sums) equals the naive per-position one."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gm
+
+# tiny tensors: one thread avoids oversubscribing the shared 2-core machine
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("ordering", ["natural", "random"])
+def test_fast_pass_equals_naive_per_position_computation(ordering):
+    torch.manual_seed(0)
+    model = gm.build("nade", 12, n_hidden=9, ordering=ordering).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    g = torch.Generator().manual_seed(1)
+    for xo in ((torch.rand(20, 12, generator=g) < 0.5).double(),
+               torch.rand(20, 12, generator=g, dtype=torch.float64)):
+        fast = model.ordered_logits(xo)
+        naive = model.naive_ordered_logits(xo)
+        torch.testing.assert_close(fast, naive, rtol=1e-12, atol=1e-12)
+    x = xo[:, torch.argsort(model.order)]            # data coordinates of the same vectors
+    torch.testing.assert_close(model.conditional_logits(x)[:, model.order], naive,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_first_conditional_is_the_bias_path_only():
+    """p(x_o0 = 1) = sigmoid(b_0 + V_0 . sigmoid(c)), whatever x is."""
+    torch.manual_seed(0)
+    model = gm.build("nade", 6, n_hidden=4).double()
+    x = (torch.rand(5, 6, generator=torch.Generator().manual_seed(2)) < 0.5).double()
+    expected = model.b[0] + model.V[0] @ torch.sigmoid(model.c)
+    torch.testing.assert_close(model.ordered_logits(x)[:, 0], expected.expand(5))
+
+
+def test_weights_are_shared_across_positions():
+    d, H = 10, 7
+    model = gm.build("nade", d, n_hidden=H)
+    assert model.n_parameters() == 2 * d * H + H + d

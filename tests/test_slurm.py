@@ -1,0 +1,75 @@
+"""The pipeline on a real single-node SLURM cluster through snakemake-executor-plugin-slurm.
+
+Start the cluster first (as root): ``scripts/slurm-up.sh`` (CI does); the test is skipped with
+that instruction otherwise. The node has a fake GPU (gres gpu:fakegpu:1): with ``device: cuda``
+the train and evaluate jobs must be submitted with ``--gpus=1`` and fall back to the CPU there.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from cluster_fixtures import TINY_PARAMS, copy_project, stage_env, write_params
+
+GPU_RULES = {"train", "evaluate"}
+TIMEOUT = 1500      # seconds; the whole tiny workflow takes ~1-3 min on an idle 2-core machine
+
+
+def project_with(tmp_path, device: str):
+    proj = copy_project(tmp_path / "proj")
+    write_params(proj, TINY_PARAMS | {"device": device})
+    return proj
+
+
+def snakemake(proj, *args: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+    """``snakemake --profile profiles/slurm ...`` bounded by ``timeout -k 30`` (a hung run ignores TERM)."""
+    return subprocess.run(["timeout", "-k", "30", str(timeout), "snakemake", "--profile",
+                           "profiles/slurm", *args], cwd=proj, env=stage_env(),
+                          capture_output=True, text=True, timeout=timeout + 60)
+
+
+def planned_resources(proj) -> dict[str, dict[str, str]]:
+    """rule -> resources, from a dry run (no cluster needed)."""
+    out = snakemake(proj, "--dry-run", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    plan = {}
+    for rule, res in re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$",
+                                text, flags=re.M):
+        plan[rule] = dict(kv.split("=", 1) for kv in res.split(", "))
+    assert {"fetch", "prepare", "train", "evaluate", "report"} <= set(plan), text[-3000:]
+    return plan
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_gpu_is_requested_only_when_params_ask_for_cuda(tmp_path, device):
+    plan = planned_resources(project_with(tmp_path, device))
+    for rule, res in plan.items():
+        wants = device == "cuda" and rule in GPU_RULES
+        assert int(res.get("gpu", 0)) == int(wants), f"rule {rule} with device {device}: {res}"
+
+
+@pytest.mark.cluster
+def test_pipeline_runs_on_slurm_and_gpu_jobs_get_the_gpu(tmp_path, slurm_cluster):
+    proj = project_with(tmp_path, "cuda")
+    run = snakemake(proj)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, f"snakemake exited {run.returncode}:\n{log[-5000:]}"
+    report = (proj / "reports/report.md").read_text()
+    assert "| rbm |" in report
+
+    submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", log)
+    rules = {rule for _, rule in submitted}
+    assert {"fetch", "prepare", "train", "evaluate", "report"} <= rules, log[-3000:]
+    for job_id, rule in submitted:
+        info = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True,
+                              text=True).stdout
+        assert "JobState=COMPLETED" in info, f"SLURM job {job_id} ({rule}): {info}"
+        has_gpu = "gres:gpu:1" in info or "gres/gpu=1" in info
+        assert has_gpu == (rule in GPU_RULES), f"SLURM job {job_id} ({rule}) GPU mismatch: {info}"
+    train_log = next((proj / "logs/train").glob("*.log")).read_text()
+    assert "CUDA is unavailable: using the CPU" in train_log
+    print(f"\n{len(submitted)} SLURM jobs completed ({sorted(rules)}); "
+          f"{sum(r in GPU_RULES for _, r in submitted)} on the fake GPU")
