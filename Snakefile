@@ -8,6 +8,11 @@ validate(config)  # one clear error naming the field, before anything runs
 RUNS = runs(config)
 DATASETS = sorted({d for d, _, _ in RUNS})
 RUN_DIR = "results/{dataset}/{model}/seed{seed}"
+GPUS = 1 if str(config.get("device", "auto")).startswith("cuda") else 0  # SLURM --gpus only for CUDA
+
+
+onerror:  # with --keep-going: report what finished and mark what failed
+    shell("python -m pipeline.report 2> logs/report-onerror.log || true")
 
 
 def model_params(w):
@@ -48,6 +53,7 @@ rule train:
     input: "data/processed/{dataset}.npz", "pipeline/train.py"
     output: RUN_DIR + "/model.pt", RUN_DIR + "/train.json"
     params: hp=model_params, seed=config["seed"], device=config.get("device", "auto")
+    resources: gpu=GPUS, runtime=120, mem_mb=4000
     log: "logs/train/{dataset}-{model}-seed{seed}.log"
     shell: "python -m pipeline.train --dataset {wildcards.dataset} --model {wildcards.model} --seed {wildcards.seed} 2> {log}"
 
@@ -56,6 +62,7 @@ rule evaluate:
     input: RUN_DIR + "/model.pt", RUN_DIR + "/train.json", "results/{dataset}/classifier.pt", "pipeline/evaluate.py"
     output: RUN_DIR + "/eval.json", RUN_DIR + "/samples.png"
     params: hp=model_params, evaluate=config.get("evaluate", {})
+    resources: gpu=GPUS, runtime=60, mem_mb=4000
     log: "logs/evaluate/{dataset}-{model}-seed{seed}.log"
     shell: "python -m pipeline.evaluate --dataset {wildcards.dataset} --model {wildcards.model} --seed {wildcards.seed} 2> {log}"
 

@@ -32,7 +32,7 @@ class Budget:
         from gm.config import require
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, int):
+            if isinstance(v, int) and not isinstance(v, bool):
                 require(v >= 1, f.name, f"must be >= 1, got {v}")
 
 

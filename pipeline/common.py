@@ -17,9 +17,15 @@ log = logging.getLogger("gm-bench")
 
 
 def parse(argv, description: str, *, dataset=True, model=False, seed=False) -> argparse.Namespace:
-    """Parse the stage's flags (``--dataset D --model M --seed S --params FILE``)."""
+    """Parse the stage's flags (``--dataset D --model M --seed S --params FILE [FILE ...]``).
+
+    Several params files merge in order as Snakemake merges ``--configfile``s (see
+    :func:`pipeline.params.merge`); the default is ``$GM_PARAMS`` (files joined by
+    ``os.pathsep``, which the Snakefile sets from its ``--configfile``s) or params.yaml."""
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    default = P.files(os.environ.get("GM_PARAMS") or "params.yaml")
+    ap.add_argument("--params", nargs="+", default=default,
+                    help="params files merged in order (default $GM_PARAMS or params.yaml)")
     if dataset:
         ap.add_argument("--dataset", required=True)
     if model:
@@ -41,7 +47,8 @@ def run_stage(fn, argv, description: str, **flags) -> int:
         _check_target(args, params)
         fn(args, params)
     except GmError as err:
-        print(f"error: {args.params}: {err}" if isinstance(err, ValueError) else f"error: {err}",
+        where = "+".join(str(p) for p in args.params)
+        print(f"error: {where}: {err}" if isinstance(err, ValueError) else f"error: {err}",
               file=sys.stderr)
         return 2
     return 0

@@ -16,6 +16,8 @@ import torch
 
 from gm.base import LogLikelihood
 from gm.data import load_splits
+from gm.errors import ConfigError
+from gm.estimators.ais import ais_convergence
 from gm.io import write_json
 from gm.metrics import sample_metrics
 from pipeline import checkpoint, common, figures, tracking
@@ -44,6 +46,18 @@ def bounds_record(ll: LogLikelihood) -> dict | None:
                      "stderr": float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else 0.0}
     rec["gap"] = rec["upper"]["mean"] - rec["lower"]["mean"]
     return rec
+
+
+def ais_convergence_record(model, cfg, generator) -> dict:
+    """AIS log Z against the number of intermediate distributions, with the exact log Z
+    when the model is small enough to enumerate (None otherwise)."""
+    try:
+        exact = float(model.log_z_exact(cfg.exact_max_bits))
+    except (ConfigError, AttributeError, TypeError):
+        exact = None
+    points = ais_convergence(model.annealing_path(), list(cfg.ais_convergence),
+                             cfg.ais_chains, cfg.ais_schedule, generator)
+    return {"exact_log_z": exact, "points": points}
 
 
 def run(args, params) -> None:
@@ -78,6 +92,9 @@ def run(args, params) -> None:
             k: summarize(v) | {"reference_method": ll.method, "reference_kind": ll.kind,
                                "difference": v.mean - ll.mean}
             for k, v in validation.items()}
+
+    if hasattr(model, "annealing_path") and cfg.ais_convergence:
+        record["ais_convergence"] = ais_convergence_record(model, cfg, g)
 
     samples = model.sample(cfg.n_samples, generator=g).float().cpu()
     grid_n = min(100, samples.shape[0])

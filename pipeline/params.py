@@ -6,6 +6,7 @@ field name (e.g. ``models.rbm.model.n_hidden: must be >= 1, got 0``).
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import yaml
@@ -26,6 +27,12 @@ class EvaluateConfig(Budget):
 
     n_samples: int = 1000        # samples drawn per model for the grid and sample metrics
     n_bootstrap: int = 200       # bootstrap resamples for metric confidence intervals
+    ais_convergence: tuple[int, ...] = (10, 100, 1000)  # betas counts of the AIS figure ([] = off)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(all(k >= 1 for k in self.ais_convergence), "ais_convergence",
+                f"counts must be >= 1, got {list(self.ais_convergence)}")
 
     def budget(self) -> Budget:
         return Budget(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Budget)})
@@ -109,15 +116,52 @@ def _validate_model_block(name: str, block: dict) -> None:
                 f"{where}.model")
 
 
-def load(path: str | Path = "params.yaml") -> dict:
-    """Read and validate a params file (merging nothing)."""
-    path = Path(path)
+def merge(base: dict, override: dict) -> dict:
+    """``base`` updated by ``override`` the way Snakemake merges ``--configfile``s.
+
+    Mappings merge key by key, recursively; any other value (lists such as ``runs:`` and
+    ``seeds:``, scalars) replaces the base's.  Neither argument is modified."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def files(spec: str | Path | list | tuple) -> list[Path]:
+    """The params files named by ``spec``: a path, a list of paths, or paths joined by
+    ``os.pathsep`` (the form of the ``GM_PARAMS`` environment variable)."""
+    if isinstance(spec, (list, tuple)):
+        return [Path(p) for item in spec for p in files(item)]
+    return [Path(p) for p in str(spec).split(os.pathsep) if p]
+
+
+def _read(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(str(path), "file not found", "run from the repository root")
     try:
         params = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(str(path), f"not valid YAML: {err}") from None
+    if not isinstance(params, dict):
+        raise ConfigError(str(path), "expected a mapping at the top level")
+    return params
+
+
+def load(path: str | Path | list | tuple = "params.yaml") -> dict:
+    """Read, merge in order (see :func:`merge`) and validate one or more params files.
+
+    ``load(["params.yaml", "configs/paper-cpu.yaml"])`` gives the parameters Snakemake sees
+    with ``--configfile configs/paper-cpu.yaml``.  A single file that is not a complete params
+    file (an override such as configs/paper-cpu.yaml) fails validation on its missing keys."""
+    paths = files(path)
+    if not paths:
+        raise ConfigError("--params", "no params file given")
+    params: dict = {}
+    for p in paths:
+        params = merge(params, _read(p))
     return validate(params)
 
 

@@ -73,6 +73,27 @@ def dataset_figures(evals: list[dict], trains: list[dict], ds: str, outdir: Path
     ax.set_title(f"{ds}: quality versus training cost")
     figs["quality versus training cost (Pareto)"] = _save(fig, outdir / f"{ds}-pareto.png")
 
+    conv = []
+    for e in evals:
+        c = e.get("ais_convergence") if e["dataset"] == ds else None
+        if not c:
+            continue
+        exact = c["exact_log_z"]
+        ref = exact if exact is not None else c["points"][-1]["log_z"]
+        conv += [{"model": e["model"] + (" (vs exact)" if exact is not None else " (vs largest)"),
+                  "seed": e["seed"], "betas": pt["betas"], "log Z - reference": pt["log_z"] - ref}
+                 for pt in c["points"]]
+    if conv:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        sns.lineplot(data=pd.DataFrame(conv), x="betas", y="log Z - reference", hue="model",
+                     marker="o", errorbar=None, ax=ax)
+        ax.axhline(0.0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(f"{ds}: AIS log Z vs number of intermediate distributions\n"
+                     "(reference: exact log Z, else the estimate with the most distributions)",
+                     fontsize=9)
+        figs["AIS convergence"] = _save(fig, outdir / f"{ds}-ais.png")
+
     metric_cols = [c for c in df.columns if c not in
                    ("model", "seed", "log p(x)", "kind", "view", "train_seconds")]
     if metric_cols:

@@ -41,6 +41,20 @@ def collect(params: dict) -> tuple[list[dict], list[dict]]:
     return evals, trains
 
 
+def failed_runs(params) -> pd.DataFrame:
+    """Runs without an eval.json, with the error their training recorded (if any)."""
+    rows = []
+    for ds, model, seed in common_runs(params):
+        d = common.run_dir(ds, model, seed)
+        if (d / "eval.json").exists():
+            continue
+        err = json.loads((d / "failed.json").read_text())["error"] if (d / "failed.json").exists() \
+            else "no eval.json (not run, or failed before training ended; see logs/)"
+        rows.append({"dataset": ds, "model": model, "seed": seed, "status": "failed",
+                     "error": err})
+    return pd.DataFrame(rows)
+
+
 def common_runs(params):
     from pipeline.params import runs
     return runs(params)
@@ -98,9 +112,7 @@ def headline(evals: list[dict], dataset: str) -> pd.DataFrame:
             row["sandwich [lower, upper]"] = (
                 f"[{np.mean([b['lower']['mean'] for b in bounds]):.3f}, "
                 f"{np.mean([b['upper']['mean'] for b in bounds]):.3f}]")
-        for name in sorted(es[0].get("sample_metrics", {})):
-            vals = [e["sample_metrics"][name]["value"] for e in es if name in e.get("sample_metrics", {})]
-            row[name] = float(np.mean(vals))
+        row |= metric_cells([e.get("sample_metrics", {}) for e in es])
         row["train s"] = float(np.mean([e["train_seconds"] for e in es]))
         row["parameters"] = int(es[0]["n_parameters"])
         rows.append(row)
@@ -113,7 +125,34 @@ def headline(evals: list[dict], dataset: str) -> pd.DataFrame:
     df["rank"] = df["rank"].astype(str) + " of " + df["group"] + " (" + df["view"] + ")"
     df = df.drop(columns="group").sort_values(["view", "kind", "log p(x) [nats]"],
                                               ascending=[True, True, False])
-    return df
+    refs = [r for v in sorted(df["view"].unique()) if (r := reference_row(dataset, v))]
+    return pd.concat([df, pd.DataFrame(refs)], ignore_index=True) if refs else df
+
+
+HEADLINE_METRICS = ("fid", "kid", "precision", "recall", "inception_score", "mmd_pixel",
+                    "precision_pixel", "recall_pixel", "memorization_ratio")
+
+
+def metric_cells(records: list[dict], names=HEADLINE_METRICS) -> dict[str, str]:
+    """"value [lo, hi]" per metric: means over seeds of the value and of its bootstrap 95% CI."""
+    cells = {}
+    for name in names:
+        ms = [r[name] for r in records if name in r]
+        if ms:
+            v, lo, hi = (float(np.mean([m[k] for m in ms])) for k in ("value", "ci_low", "ci_high"))
+            cells[name] = f"{v:.3g} [{lo:.3g}, {hi:.3g}]"
+    return cells
+
+
+def reference_row(ds: str, view: str) -> dict | None:
+    """Held-out real data scored like a model (the floor of every sample metric)."""
+    path = common.classifier_path(ds).parent / "reference.json"
+    if not path.exists():
+        return None
+    ref = json.loads(path.read_text())["reference"].get(view)
+    if not ref:
+        return None
+    return {"model": "reference (held-out data)", "view": view} | metric_cells([ref])
 
 
 def _fmt(df: pd.DataFrame) -> pd.DataFrame:
@@ -134,6 +173,14 @@ def validation_table(evals: list[dict]) -> pd.DataFrame:
                          "reference kind": v["reference_kind"],
                          "estimate - reference": v["difference"]})
     return pd.DataFrame(rows)
+
+
+def sandwich_table(evals: list[dict]) -> pd.DataFrame:
+    """AIS sandwiches: RAISE lower and AIS upper stochastic bounds and their gap, per run."""
+    return pd.DataFrame([
+        {"dataset": e["dataset"], "model": e["model"], "seed": e["seed"],
+         "lower (RAISE)": b["lower"]["mean"], "upper (AIS)": b["upper"]["mean"], "gap": b["gap"]}
+        for e in evals if (b := e.get("log_likelihood_bounds"))])
 
 
 def curves(trains: list[dict]) -> pd.DataFrame:
@@ -179,7 +226,11 @@ def build(params: dict) -> list[tuple]:
             continue
         metrics_json[ds] = {r["model"]: {"log_likelihood": r["log p(x) [nats]"],
                                          "kind": r["kind"]} for r in df.to_dict("records")}
-        blocks += [("h", 2, f"{ds}: headline table"), ("table", _fmt(df))]
+        blocks += [("h", 2, f"{ds}: headline table"),
+                   ("p", "Sample metrics: value [bootstrap 95% interval], means over seeds, "
+                         "computed on as many samples as the validation split has images; the "
+                         "reference row scores that held-out data itself."),
+                   ("table", _fmt(df))]
         for name, fig in plots.dataset_figures(evals, trains, ds, figdir).items():
             blocks.append(("img", fig, f"{ds}: {name}"))
         blocks.append(("h", 3, f"{ds}: samples"))
@@ -192,6 +243,14 @@ def build(params: dict) -> list[tuple]:
                 dst = figdir / f"{ds}-{e['model']}-{png.stem}.png"
                 shutil.copyfile(png, dst)
                 blocks.append(("img", dst, f"{e['model']} {png.stem.replace('extra_', '')}"))
+    sw = sandwich_table(evals)
+    if not sw.empty:
+        blocks += [("h", 2, "AIS sandwiches"),
+                   ("p", "Forward AIS gives a stochastic upper bound on log p(x) (its log Z is a "
+                         "stochastic lower bound); reverse AIS (RAISE, Burda et al. 2015) a "
+                         "stochastic lower bound. The gap measures how far the annealing is "
+                         "from converged."),
+                   ("table", _fmt(sw))]
     val = validation_table(evals)
     blocks.append(("h", 2, "Estimator validation"))
     if val.empty:
@@ -201,6 +260,9 @@ def build(params: dict) -> list[tuple]:
         blocks += [("p", "Each stochastic estimator run beside the exact value on the same "
                          "model and test data, in this pipeline's own run."),
                    ("table", _fmt(val))]
+    failed = failed_runs(params)
+    if not failed.empty:
+        blocks += [("h", 2, "Failed or missing runs"), ("table", failed)]
     pending = tracking.pending_runs()
     if pending:
         blocks.append(("p", "MLflow: calls of these runs are not yet logged (store unreachable):"

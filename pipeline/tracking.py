@@ -26,7 +26,10 @@ from filelock import FileLock
 
 log = logging.getLogger("gm-bench")
 PENDING = "mlflow_pending.jsonl"
-RETRIES = 5
+RETRIES = int(os.environ.get("GM_MLFLOW_RETRIES", "3"))
+# one attempt against a dead server should cost seconds, not MLflow's minutes of HTTP retries
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 def tracking_uri() -> str:
@@ -76,6 +79,7 @@ class RunLogger:
         self.key = f"{dataset}/{model}/seed{seed}"
         self.run_id: str | None = None
         self._client = None
+        self.offline = False  # after a call exhausted its retries: keep the rest, in order
         self.replay_pending()
         self._call("open", dict(dataset=dataset, model=model, seed=seed, tags=tags or {},
                                 params=_flatten(params or {}), create=create))
@@ -96,16 +100,19 @@ class RunLogger:
 
     # -- machinery -------------------------------------------------------------------------
     def _call(self, op: str, args: dict) -> None:
-        for attempt in range(RETRIES):
-            try:
-                with _lock():
-                    self._do(op, args)
-                return
-            except Exception as err:  # noqa: BLE001 - any store failure is retried, then kept
-                last = err
-                time.sleep(min(2**attempt, 10))
-        log.warning("MLflow %s failed after %d tries (%s); kept in %s for replay",
-                    op, RETRIES, str(last)[:200], self.run_dir / PENDING)
+        if not self.offline:
+            for attempt in range(RETRIES):
+                try:
+                    with _lock():
+                        self._do(op, args)
+                    return
+                except Exception as err:  # noqa: BLE001 - any store failure is retried, then kept
+                    last = err
+                    time.sleep(min(2**attempt, 5))
+            self.offline = True
+            log.warning("MLflow store %s unreachable (%s): this run's calls are kept in %s and "
+                        "replayed by the next stage or `python -m pipeline.tracking --replay`",
+                        tracking_uri(), str(last)[:200], self.run_dir / PENDING)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / PENDING, "a") as f:
             f.write(json.dumps({"op": op, "args": args, "key": self.key}) + "\n")

@@ -106,8 +106,16 @@ def run(args, params) -> None:
                 "params_hash": phash, "generator": g.get_state(), "history": history,
                 "train_seconds": elapsed + time.perf_counter() - t0})
 
-    train_model(model, x, epochs=epochs, batch_size=batch_size, generator=g,
-                dynamic_binarization=dynamic, start_epoch=start, on_epoch=on_epoch)
+    failed = out / "failed.json"
+    failed.unlink(missing_ok=True)
+    try:
+        train_model(model, x, epochs=epochs, batch_size=batch_size, generator=g,
+                    dynamic_binarization=dynamic, start_epoch=start, on_epoch=on_epoch)
+    except DivergenceError as err:  # the report marks the run failed; the stage fails loudly
+        write_json(failed, {"dataset": ds, "model": name, "seed": seed, "error": str(err)})
+        tracker.tags({"gm.error": str(err)[:500]})
+        tracker.finish("FAILED")
+        raise
     seconds = elapsed + time.perf_counter() - t0
     checkpoint.save(out / "model.pt", model, epoch=epochs, extra={"params_hash": phash})
     write_json(out / "train.json", {

@@ -8,6 +8,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
   dpkg -s git >/dev/null 2>&1 || need+=(git)
   dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || need+=(dataset-fashion-mnist)
+  if [ "${GM_TEST_DEPS:-0}" = 1 ]; then  # the browser of the HTML report test
+    dpkg -s chromium >/dev/null 2>&1 || need+=(chromium)
+  fi
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi

@@ -3,6 +3,6 @@
 # e.g. `bash scripts/test.sh -m slow` for the slow convergence tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+GM_TEST_DEPS=1 bash scripts/setup.sh
 export GM_PROGRESS=0
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,6 +1,6 @@
 """Fixtures for the cluster, tracking-server, DVC-remote and fault tests.
 
-Load it from tests/conftest.py with ``pytest_plugins = ["cluster_fixtures"]``.
+The test modules import the fixtures they use by name, so no conftest entry is needed.
 
 Every test here runs the real stages (``python -m pipeline.<stage>``) as separate processes in a
 scratch project directory holding a tiny params.yaml, so a kill, a crash or a lock is real.

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+pytest_plugins = ["cluster_fixtures"]
 os.environ.setdefault("GM_PROGRESS", "0")
 torch.set_num_threads(1)
 

@@ -91,6 +91,12 @@ def test_ais_agrees_with_exact_on_4x4_conv_rbm():
     assert abs(ais.info["log_z"] - exact) < 4 * ais.info["log_z_stderr"] + 0.02
     ll = m.log_likelihood(x, generator=torch.Generator(), budget=budget)
     torch.testing.assert_close(ais.values, ll.values + exact - ais.info["log_z"])
+    # the RAISE / AIS sandwich of the mean contains the exact mean (the bounds hold in
+    # expectation; 0.03 nats allows for the noise of one RAISE chain per example)
+    assert est["raise"].kind == "lower_bound"
+    assert ais.bounds["lower"].mean() <= ll.mean + 0.03
+    assert ais.bounds["upper"].mean() >= ll.mean - 0.03
+    assert abs(ais.info["sandwich_gap"]) < 0.1
 
 
 def test_ais_used_when_image_too_large_to_enumerate():
@@ -98,6 +104,7 @@ def test_ais_used_when_image_too_large_to_enumerate():
     ll = m.log_likelihood(torch.zeros(3, 64), generator=torch.Generator().manual_seed(0),
                           budget=Budget(ais_chains=10, ais_betas=20))
     assert ll.method == "ais" and ll.kind == "estimate" and ll.shared_stderr > 0
+    assert set(ll.bounds) == {"lower", "upper"}
 
 
 def test_training_on_bars_and_stripes_raises_exact_log_likelihood():

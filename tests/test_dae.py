@@ -6,6 +6,7 @@ import torch.nn.functional as F
 import gm
 from gm.base import Budget
 from gm.errors import ConfigError
+from gm.estimators.parzen import DEFAULT_GRID, parzen_log_likelihood
 from gm.models.ae_chain import run_chain, salt_and_pepper
 from model_checks import assert_resumes_exactly
 
@@ -141,3 +142,48 @@ def test_resumes_exactly():
 def test_bad_config(bad):
     with pytest.raises(ConfigError):
         gm.build("dae", 12, **bad)
+
+
+@pytest.mark.parametrize("name, hparams", [("dae", {"n_hidden": 32}), ("cae", {"n_hidden": 16}),
+                                           ("gsn", {"hidden": [16, 8], "walkback": 2})])
+def test_fit_bandwidth_picks_the_best_grid_sigma_on_validation(name, hparams):
+    """Goodfellow et al. 2014 protocol, shared with the implicit generators: sigma maximises the
+    validation Parzen log density over the grid, is checkpointed, and is then used on test data."""
+    torch.manual_seed(0)
+    model = gm.build(name, PATTERNS.shape[1], sample_steps=20, lr=3e-3, **hparams)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(100):
+        model.fit_step(mixture(64, gen), generator=gen)
+    x_val, x_test = mixture(60, gen), mixture(40, gen)
+    budget = Budget(parzen_samples=400)
+
+    before = model.log_likelihood(x_test, generator=torch.Generator().manual_seed(2), budget=budget)
+    assert before.info["sigma_from_validation"] == 0.0
+    assert before.info["sigma"] == model.config.parzen_sigma          # the labelled fallback
+
+    sigma = model.fit_bandwidth(x_val, generator=torch.Generator().manual_seed(3), budget=budget)
+    centers = model.parzen_centers(400, torch.Generator().manual_seed(3))
+    assert centers.shape == (400, PATTERNS.shape[1])
+    mean_ll = {s: float(parzen_log_likelihood(x_val, centers, s).mean()) for s in DEFAULT_GRID}
+    assert sigma in DEFAULT_GRID and mean_ll[sigma] == max(mean_ll.values())
+    assert DEFAULT_GRID[0] < sigma < DEFAULT_GRID[-1], "the validation optimum is interior"
+
+    after = model.log_likelihood(x_test, generator=torch.Generator().manual_seed(4), budget=budget)
+    assert (after.kind, after.info["sigma"], after.info["sigma_from_validation"]) == \
+        ("proxy", sigma, 1.0)
+    ref = parzen_log_likelihood(x_test, model.parzen_centers(400, torch.Generator().manual_seed(4)),
+                                sigma)
+    assert torch.allclose(after.values, ref)
+    assert float(model.state_dict()["parzen_sigma"]) == sigma           # saved with the checkpoint
+
+
+def test_dae_walkback_is_registered_with_walkback_training():
+    """The one-step vs walk-back comparison of 20.11.3: "dae_walkback" differs only in walkback."""
+    one = gm.build("dae", 12, n_hidden=8)
+    wb = gm.build("dae_walkback", 12, n_hidden=8)
+    assert one.config.walkback == 1 and wb.config.walkback > 1
+    terms, _ = wb.walkback_terms(mixture(8, torch.Generator().manual_seed(0)),
+                                 torch.Generator().manual_seed(1))
+    assert len(terms) == wb.config.walkback
+    assert_resumes_exactly("dae_walkback", mixture(16, torch.Generator().manual_seed(0)),
+                           n_hidden=8)

@@ -5,6 +5,7 @@ Each stage runs as ``python -m pipeline.<stage>`` in a scratch project (tests/cl
 """
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import signal
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster_fixtures import (REPO, run_stage, stage_cmd, stage_env, tiny_params,
+from cluster_fixtures import (copy_project, run_stage, stage_cmd, stage_env, tiny_params,
                               write_params)
+from cluster_fixtures import prepared_data, workspace  # noqa: F401  (fixtures)
 
 RUN = Path("results/bars_stripes/rbm/seed0")
 
@@ -67,8 +69,9 @@ def metric_steps(workdir: Path, key: str = "bars_stripes/rbm/seed0") -> dict[str
 
 
 # --- SIGKILL mid-training ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigkill_mid_training_resumes_from_checkpoint_with_identical_numbers(workspace, tmp_path):
-    epochs, every = 60, 5
+    epochs, every = 100, 5
     write_params(workspace, tiny_params(rbm=rbm_block(epochs, every)))
     reference = clone_workspace(workspace, tmp_path / "reference")
     run_stage(reference, "train", dataset="bars_stripes", model="rbm", seed=0)
@@ -80,7 +83,7 @@ def test_sigkill_mid_training_resumes_from_checkpoint_with_identical_numbers(wor
         deadline = time.monotonic() + 240
         while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.2)                          # land between two checkpoints, mid-epoch
+        time.sleep(0.05)                         # land between two checkpoints, mid-epoch
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, (
@@ -92,7 +95,6 @@ def test_sigkill_mid_training_resumes_from_checkpoint_with_identical_numbers(wor
     assert 0 < killed_at < epochs and killed_at % every == 0
 
     run_stage(workspace, "train", dataset="bars_stripes", model="rbm", seed=0)
-    import json
     info = json.loads((workspace / RUN / "train.json").read_text())
     ref_info = json.loads((reference / RUN / "train.json").read_text())
     assert info["resumed_from_epoch"] == killed_at
@@ -132,6 +134,7 @@ t.finish()
 """
 
 
+@pytest.mark.slow
 def test_eight_concurrent_writers_to_default_sqlite_store_lose_no_metric(tmp_path):
     n_jobs, steps = 8, 25
     go = tmp_path / "go"
@@ -177,6 +180,26 @@ def test_nan_divergence_fails_with_model_and_epoch(workspace):
     assert last.startswith("error: model 'rbm' diverged at epoch "), last
     assert "learning rate" in last
     assert not (workspace / RUN / "model.pt").exists()
+    marker = json.loads((workspace / RUN / "failed.json").read_text())
+    assert marker["error"] in last, "failed.json must hold the message the report shows"
+
+
+@pytest.mark.slow
+def test_keep_going_finishes_other_models_and_report_marks_the_diverged_one(tmp_path):
+    proj = copy_project(tmp_path / "proj")
+    params = tiny_params(rbm=rbm_block(8, 0, lr=1e5),
+                         fvsbn={"train": {"epochs": 3, "batch_size": 100}, "model": {}})
+    params["runs"].append({"dataset": "bars_stripes", "model": "fvsbn"})
+    write_params(proj, params)
+    proc = subprocess.run(["timeout", "-k", "30", "1500", "snakemake", "--cores", "2",
+                           "--keep-going"], cwd=proj, env=stage_env(), capture_output=True,
+                          text=True, timeout=1600)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    assert (proj / "results/bars_stripes/fvsbn/seed0/eval.json").exists(), "fvsbn must finish"
+    report = (proj / "reports/report.md").read_text()
+    failed = report[report.index("Failed or missing runs"):]
+    assert "rbm" in failed and "diverged at epoch" in failed
+    assert "| fvsbn |" in report[:report.index("Failed or missing runs")]
 
 
 def test_divergence_names_the_first_non_finite_epoch(workspace):
@@ -247,7 +270,7 @@ def test_bad_checkpoint_gives_a_clear_error(trained, tmp_path, damage):
             checkpoint.load_state(bad, expect_model="dae")
         return
     else:
-        bad.write_bytes(pickle.dumps(_Payload(marker)))
+        bad.write_bytes(pickle.dumps(_Payload(marker), protocol=2))
     with pytest.raises(CheckpointError) as err:
         checkpoint.load_state(bad, expect_model="rbm")
     msg = str(err.value)

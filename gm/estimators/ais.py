@@ -90,3 +90,17 @@ def ais_log_z(path: AnnealingPath, betas: Tensor, n_chains: int,
             x = path.transition(x, b[k], generator)
     log_mean_w, se = log_mean_exp_stderr(log_w.cpu())
     return AISResult(path.base_log_z() + log_mean_w, se, log_w.cpu(), x)
+
+
+def ais_convergence(path: AnnealingPath, counts: list[int], n_chains: int, schedule: str,
+                    generator: torch.Generator) -> list[dict]:
+    """log Z estimates with increasing numbers of intermediate distributions (report figure).
+
+    Returns one {"betas", "log_z", "stderr"} per count, each from fresh chains.
+    """
+    out = []
+    for k in counts:
+        res = ais_log_z(path, beta_schedule(k, schedule), n_chains, generator,
+                        desc=f"AIS convergence {k}")
+        out.append({"betas": int(k), "log_z": res.log_z, "stderr": res.stderr})
+    return out

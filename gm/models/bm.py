@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -59,15 +60,21 @@ def gibbs_sweep(x: Tensor, U: Tensor, bias: Tensor, generator: torch.Generator, 
 
     U: (d, d) symmetric, zero diagonal.  Units in order 1..d, or d..1 when ``reverse``: the
     reverse sweep is the time reversal of the forward one (what RAISE runs backwards).
+
+    The sweep is inherently sequential (every unit sees all others), so it costs d small
+    operations; to keep them cheap, the uniforms u (n, d) are drawn at once from ``generator``
+    and turned into thresholds: x_i = 1 iff u_i < sigmoid(a_i) iff 2 (U x)_i > logit(u_i) - bias_i,
+    and the loop runs in NumPy on the CPU over the contiguous rows of x' (d, n), one
+    vector-matrix product per unit (the chains are moved back to x's device afterwards).
     """
-    x = x.clone()
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    thr = ((torch.log(u) - torch.log1p(-u) - bias) / 2).T.contiguous().cpu().numpy()
+    xt = np.ascontiguousarray(x.detach().T.cpu().numpy())           # (d, n), a copy
+    Un = U.detach().to(x.dtype).cpu().numpy()
     d = x.shape[1]
-    order = list(range(d - 1, -1, -1)) if reverse else list(range(d))
-    u = torch.rand((x.shape[0], len(order)), generator=generator, device=x.device, dtype=x.dtype)
-    for t, i in enumerate(order):
-        p = torch.sigmoid(bias[i] + 2.0 * (x @ U[:, i]))
-        x[:, i] = (u[:, t] < p).to(x.dtype)
-    return x
+    for i in (range(d - 1, -1, -1) if reverse else range(d)):
+        np.greater(Un[i] @ xt, thr[i], out=xt[i], casting="unsafe")
+    return torch.from_numpy(np.ascontiguousarray(xt.T)).to(x.device)
 
 
 @register("bm")

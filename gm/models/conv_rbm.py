@@ -17,7 +17,8 @@ and given h the pixels are independent: P(v = 1 | h) = sigmoid(c + sum_k W^k (x)
 (full convolution, the adjoint of ``conv2d``).  Training is CD-k / PCD by differentiating
 F(v_data) - F(v_model).  log p(v) = -F(v) - log Z is exact by enumerating the pixels of
 tiny images, else log Z is estimated by AIS from a base-rate model along
-:class:`ConvRBMAnnealingPath`.
+:class:`ConvRBMAnnealingPath`, with reverse AIS (RAISE) from each test image on the same
+path giving the lower side of a stochastic sandwich (Burda et al. 2015).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from gm.config import require
 from gm.errors import ConfigError
 from gm.estimators.ais import ais_log_z, beta_schedule
 from gm.estimators.exact import enumerate_log_z
+from gm.estimators.raise_ais import ais_sandwich, raise_log_likelihood, sandwich_estimates
 from gm.models.rbm import bernoulli
 from gm.registry import register
 
@@ -52,6 +54,7 @@ class ConvRBMConfig:
     weight_decay: float = 1e-4
     init_std: float = 0.01
     sample_steps: int = 1000
+    raise_chains: int = 1         # reverse-AIS chains per test example (0: forward AIS only)
 
     def __post_init__(self):
         require(self.n_filters >= 1, "n_filters", f"must be >= 1, got {self.n_filters}")
@@ -66,6 +69,7 @@ class ConvRBMConfig:
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
         require(self.sample_steps >= 1, "sample_steps", f"must be >= 1, got {self.sample_steps}")
+        require(self.raise_chains >= 0, "raise_chains", f"must be >= 0, got {self.raise_chains}")
 
 
 def _image_shape(data_dim: int, config: ConvRBMConfig) -> tuple[int, int]:
@@ -242,20 +246,37 @@ class ConvRBM(GenerativeModel):
         return ais_log_z(self.annealing_path(), betas, budget.ais_chains, generator,
                          desc="AIS conv_rbm")
 
+    @torch.no_grad()
+    def raise_log_px(self, x: Tensor, budget: Budget, generator: torch.Generator) -> Tensor:
+        """RAISE (reverse AIS) per example, (n,): a stochastic lower bound of log p_ann(x).
+
+        The chain state is v (h summed out) and v -> h -> v is reversible for p_beta, so
+        each chain starts at the example with log w_start = -F(v) (Burda et al. 2015)."""
+        path = self.annealing_path()
+        start = lambda v, g: (v, path.log_f(v, 1.0))  # noqa: E731
+        betas = beta_schedule(budget.ais_betas, budget.ais_schedule)
+        return raise_log_likelihood(path, start, x.double(), self.config.raise_chains, betas,
+                                    generator, desc="RAISE conv_rbm")
+
     def _ais_log_likelihood(self, x: Tensor, budget: Budget, generator: torch.Generator):
+        """Forward AIS estimate of log p(x); with raise_chains > 0 also the bounds
+        {"lower": RAISE, "upper": AIS} of the stochastic sandwich."""
         res = self.log_z_ais(budget, generator)
+        info = {"ais_chains": budget.ais_chains, "ais_betas": budget.ais_betas,
+                "raise_chains": self.config.raise_chains}
+        if self.config.raise_chains:
+            lower = self.raise_log_px(x, budget, generator)
+            return ais_sandwich(self.neg_free_energy(x), res, lower, info=info)
         return LogLikelihood(self.neg_free_energy(x) - res.log_z, "ais", "estimate",
                              shared_stderr=res.stderr,
-                             info={"log_z": res.log_z, "log_z_stderr": res.stderr,
-                                   "ais_chains": budget.ais_chains,
-                                   "ais_betas": budget.ais_betas})
+                             info={"log_z": res.log_z, "log_z_stderr": res.stderr, **info})
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
                        budget: Budget) -> LogLikelihood:
-        """Exact when the image has at most ``budget.exact_max_bits`` pixels, else AIS
-        (an estimate: log Z-hat is unbiased in Z, so log p is biased upward only by
-        the AIS variance; reported with its delta-method stderr)."""
+        """Exact when the image has at most ``budget.exact_max_bits`` pixels, else forward
+        AIS (kind "estimate", in expectation a stochastic upper bound since Z-hat is unbiased)
+        with the RAISE lower bound in ``bounds`` when raise_chains > 0."""
         if self.data_dim <= budget.exact_max_bits:
             log_z = self.log_z_exact(budget.exact_max_bits)
             return LogLikelihood(self.neg_free_energy(x) - log_z, "exact", "exact",
@@ -266,7 +287,8 @@ class ConvRBM(GenerativeModel):
     def validation_estimates(self, x, *, generator, budget):
         if self.data_dim > budget.exact_max_bits:
             return {}
-        return {"ais": self._ais_log_likelihood(x, budget, generator)}
+        ais = self._ais_log_likelihood(x, budget, generator)
+        return sandwich_estimates(ais) if self.config.raise_chains else {"ais": ais}
 
     @torch.no_grad()
     def extras(self, x, *, generator, budget, classifier=None) -> Extras:

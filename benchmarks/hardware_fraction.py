@@ -1,0 +1,87 @@
+"""Fraction of the hardware limit: the RBM update and the AIS inner loop against bare
+matrix multiplies of the same shapes and dtype, timed alternately in the same process.
+
+The bare side is the matmul work the algorithm cannot avoid:
+  CD-1 update (batch B, D visible, H hidden, float32): p(h|x) (B,D)x(D,H), p(v|h) (B,H)x(H,D),
+    p(h|v-) (B,D)x(D,H) and the two gradient products (D,B)x(B,H): 5 matmuls;
+  AIS step (M chains, float64, as gm runs it): v W for the weight and the h-update
+    (M,D)x(D,H), and h W' for the v-update (M,H)x(H,D): 2 matmuls per intermediate distribution.
+fraction = bare_time / gm_time.  Target (issue 9): >= 0.70.
+
+    python benchmarks/hardware_fraction.py [--device cuda] [--hidden 500] [--betas 200]
+"""
+from __future__ import annotations
+
+import common  # noqa: F401
+from common import fashion_binary, interleaved, parse, report
+
+import torch
+
+import gm
+from gm.estimators.ais import ais_log_z, beta_schedule
+
+
+def rbm_update(x: torch.Tensor, hidden: int, args) -> list:
+    B, D = x.shape
+    torch.manual_seed(0)
+    model = gm.build("rbm", D, n_hidden=hidden, cd_k=1).to(args.device)
+    g = torch.Generator(device=args.device).manual_seed(0)
+    steps = 20
+    W = model.W.detach().clone()
+    h = torch.rand(B, hidden, device=args.device)
+
+    def gm_side():
+        for _ in range(steps):
+            model.fit_step(x, generator=g)
+
+    def bare():
+        for _ in range(steps):
+            x @ W, h @ W.T, x @ W, x.T @ h, x.T @ h
+
+    t = interleaved({"gm": gm_side, "bare": bare}, args.reps, args.device)
+    return [(f"RBM CD-1 update {B}x{D}x{hidden}: ms/step gm", 1e3 * t["gm"] / steps, ""),
+            ("  ms/step bare 5 matmuls", 1e3 * t["bare"] / steps, ""),
+            ("  fraction of the matmul limit", t["bare"] / t["gm"], "target >= 0.70")]
+
+
+def ais_loop(x: torch.Tensor, hidden: int, chains: int, n_betas: int, args) -> list:
+    D = x.shape[1]
+    torch.manual_seed(0)
+    model = gm.build("rbm", D, n_hidden=hidden, cd_k=1).to(args.device)
+    g = torch.Generator(device=args.device).manual_seed(0)
+    for i in range(0, len(x), 100):        # some training, so the weights are not trivial
+        model.fit_step(x[i:i + 100], generator=g)
+    with torch.no_grad():
+        path = model.annealing_path()
+    betas = beta_schedule(n_betas, "sigmoid")
+    W = path.W
+    v = torch.rand(chains, D, device=args.device, dtype=W.dtype)
+    hh = torch.rand(chains, hidden, device=args.device, dtype=W.dtype)
+
+    @torch.no_grad()                         # as RBM.log_z_ais runs it
+    def gm_side():
+        ais_log_z(path, betas, chains, g)
+
+    def bare():
+        for _ in range(n_betas):
+            v @ W, hh @ W.T
+
+    t = interleaved({"gm": gm_side, "bare": bare}, args.reps, args.device)
+    return [(f"AIS {chains} chains {D}x{hidden} {W.dtype}: us/beta gm", 1e6 * t["gm"] / n_betas, ""),
+            ("  us/beta bare 2 matmuls", 1e6 * t["bare"] / n_betas, ""),
+            ("  fraction of the matmul limit", t["bare"] / t["gm"], "target >= 0.70")]
+
+
+def main() -> None:
+    args = parse(__doc__.splitlines()[0], hidden=(int, 500, "hidden units"),
+                 batch=(int, 100, "CD minibatch"), chains=(int, 100, "AIS chains"),
+                 betas=(int, 200, "AIS intermediate distributions per repetition"))
+    x = torch.as_tensor(fashion_binary(2000), device=args.device)
+    rows = rbm_update(x[:args.batch], args.hidden, args)
+    rows += ais_loop(x, args.hidden, args.chains, args.betas, args)
+    report(f"fraction of the hardware limit, device {args.device}, {args.threads} thread(s), "
+           f"median of {args.reps}", rows)
+
+
+if __name__ == "__main__":
+    main()

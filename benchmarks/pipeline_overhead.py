@@ -1,0 +1,85 @@
+"""Pipeline overhead: wall time of a whole `snakemake` run against the sum of its stages'
+compute time (train_seconds of train.json + eval_seconds of eval.json), in a scratch copy.
+
+Runs serially (--cores 1) so wall time and summed compute are comparable; everything that is
+not model training or evaluation counts as overhead: interpreter and import start-up of each
+stage process, params validation, data/classifier/report stages, checkpoints, MLflow, Snakemake
+scheduling.  Also prints the start-up of one stage process (the per-job floor).
+ratio = wall / compute - 1.  Target (issue 9): <= 0.10.
+
+    python benchmarks/pipeline_overhead.py [--device cuda] [--params FILE] [--keep DIR]
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common  # noqa: F401
+from common import parse, report
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {   # digits, the default hyperparameters of four quick models, one seed
+    "seed": 2016, "seeds": [0], "datasets": {"digits": {}},
+    "evaluate": {"ais_chains": 20, "ais_betas": 200, "importance_samples": 200,
+                 "parzen_samples": 1000, "n_samples": 200, "n_bootstrap": 20},
+    "runs": [{"dataset": "digits", "model": m} for m in ("rbm", "fvsbn", "nade", "vae")],
+}
+
+
+def main() -> None:
+    args = parse(__doc__.splitlines()[0], params=(str, "", "params file (default: a tiny one)"),
+                 keep=(str, "", "run in this directory and keep it"))
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(Path(args.params).read_text()) if args.params else TINY
+    params = {**base, **params, "device": str(args.device)}
+    work = Path(args.keep or tempfile.mkdtemp(prefix="gm-pipeline-overhead-"))
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "dvc.yaml"):
+        shutil.copy(ROOT / name, work / name)
+    shutil.copytree(ROOT / "pipeline", work / "pipeline", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               GM_PROGRESS="0", GM_TORCH_THREADS=str(args.threads))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("GM_PARAMS", None)
+
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import pipeline.train, pipeline.evaluate"],
+                   cwd=work, env=env, check=True)
+    startup = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    r = subprocess.run(["snakemake", "--cores", "1", "--quiet"], cwd=work, env=env,
+                       capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.exit(f"snakemake failed in {work}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    train = sum(json.loads(p.read_text())["train_seconds"]
+                for p in work.glob("results/*/*/seed*/train.json"))
+    evals = sum(json.loads(p.read_text())["eval_seconds"]
+                for p in work.glob("results/*/*/seed*/eval.json"))
+    n_runs = len(list(work.glob("results/*/*/seed*/eval.json")))
+    n_jobs = 3 * len(params["datasets"]) + 2 * n_runs + 1
+    compute = train + evals
+    report(f"pipeline overhead ({n_runs} runs, {n_jobs} jobs, --cores 1, in {work})", [
+        ("wall time of snakemake (s)", wall, ""),
+        ("sum of train_seconds (s)", train, ""),
+        ("sum of eval_seconds (s)", evals, ""),
+        ("start-up of one stage process (s)", startup, "python + import torch, gm, pipeline"),
+        ("overhead per job (s)", (wall - compute) / n_jobs, ""),
+        ("overhead ratio wall / compute - 1", wall / compute - 1, "target <= 0.10")])
+    if not args.keep:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""RBM CD-1 training throughput: gm's RBM (as the pipeline trains it) vs scikit-learn's
+BernoulliRBM, on the same data with the same hyperparameters, timed alternately in one process.
+
+Both sides run persistent CD-1 (scikit-learn's BernoulliRBM is PCD-1 with one chain per
+example of the minibatch, so gm uses persistent=True, n_chains=batch_size), the same learning
+rate, no momentum and no weight decay, float32 data, one epoch per repetition.
+Target (issue 9): gm at least as fast (ratio sklearn_time / gm_time >= 1).
+
+    python benchmarks/rbm_vs_sklearn.py [--device cuda] [--fashion-n 5000]
+"""
+from __future__ import annotations
+
+import common  # noqa: F401  (sets the thread env vars before numpy/torch load)
+from common import digits_binary, fashion_binary, interleaved, parse, report
+
+import torch
+from sklearn.neural_network import BernoulliRBM
+
+import gm
+from pipeline.train import train_model
+
+
+def compare(name: str, x, n_hidden: int, batch_size: int, lr: float, args) -> tuple:
+    n, d = x.shape
+    xt = torch.as_tensor(x, device=args.device)
+    torch.manual_seed(0)
+    model = gm.build("rbm", d, n_hidden=n_hidden, cd_k=1, persistent=True, n_chains=batch_size,
+                     lr=lr, momentum=0.0, weight_decay=0.0).to(args.device)
+    g = torch.Generator(device=args.device).manual_seed(0)
+    sk = BernoulliRBM(n_components=n_hidden, learning_rate=lr, batch_size=batch_size, n_iter=1,
+                      random_state=0)
+
+    def gm_epoch():
+        train_model(model, xt, epochs=1, batch_size=batch_size, generator=g)
+
+    def sk_epoch():
+        sk.fit(x)   # one pass (n_iter=1) over the same examples in minibatches of batch_size
+
+    t = interleaved({"gm": gm_epoch, "sklearn": sk_epoch}, args.reps, args.device)
+    rows = [(f"{name}: gm RBM examples/s", n / t["gm"], f"{t['gm']:.3f} s/epoch"),
+            (f"{name}: sklearn BernoulliRBM examples/s", n / t["sklearn"],
+             f"{t['sklearn']:.3f} s/epoch"),
+            (f"{name}: speed ratio sklearn_time / gm_time", t["sklearn"] / t["gm"],
+             "target >= 1")]
+    return rows
+
+
+def main() -> None:
+    args = parse(__doc__.splitlines()[0],
+                 fashion_n=(int, 5000, "Fashion-MNIST training images to use"))
+    rows = compare("digits 64x64, batch 20", digits_binary(), 64, 20, 0.05, args)
+    rows += compare(f"fashion_mnist[:{args.fashion_n}] 784x500, batch 100",
+                    fashion_binary(args.fashion_n), 500, 100, 0.05, args)
+    report(f"RBM PCD-1 throughput, device {args.device}, {args.threads} thread(s), "
+           f"median of {args.reps}", rows)
+
+
+if __name__ == "__main__":
+    main()
