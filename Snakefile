@@ -1,9 +1,12 @@
 # gm-bench: the experiment DAG.  Thin on purpose: every rule is one `python -m pipeline.<stage>`
 # line, identical to the stage of the same name in dvc.yaml (tests/test_dag_parity.py checks it).
+import os
 from pipeline.params import validate, runs
 
 configfile: "params.yaml"
 validate(config)  # one clear error naming the field, before anything runs
+# every stage reads the parameters Snakemake merged: params.yaml, then each --configfile in order
+os.environ["GM_PARAMS"] = os.pathsep.join(["params.yaml", *map(str, workflow.overwrite_configfiles)])
 
 RUNS = runs(config)
 DATASETS = sorted({d for d, _, _ in RUNS})

@@ -91,12 +91,14 @@ class Extras:
 
     metrics: name -> number (e.g. "chain_quality_100": ...); images: name -> (n, data_dim)
     tensor in [0, 1] drawn as a grid (e.g. "inpainting", "continuations", "chain");
-    tables: name -> list of row dicts (e.g. quality as a function of chain length).
+    tables: name -> list of row dicts (e.g. quality as a function of chain length);
+    grid_cols: name -> images per row of that grid (default: a square grid).
     """
 
     metrics: dict[str, float] = field(default_factory=dict)
     images: dict[str, Tensor] = field(default_factory=dict)
     tables: dict[str, list[dict]] = field(default_factory=dict)
+    grid_cols: dict[str, int] = field(default_factory=dict)
 
 
 class GenerativeModel(nn.Module):

@@ -104,11 +104,11 @@ def run(args, params) -> None:
                           classifier=clf.logits if clf is not None else None)
     for key, images in extras.images.items():
         figures.save_grid(out / f"extra_{key}.png", images.float().cpu().numpy(),
-                          splits.image_shape)
+                          splits.image_shape, ncols=extras.grid_cols.get(key))
     record["extras"] = {"metrics": {k: float(v) for k, v in extras.metrics.items()},
                         "tables": extras.tables, "images": sorted(extras.images)}
     record["sample_metrics"] = {}
-    if samples.ndim == 2:  # same sample size as the reference row (the validation split)
+    if samples.ndim == 2 and view["test"].ndim == 2:  # as many samples as the reference row
         n = min(samples.shape[0], len(view["val"]))
         record["sample_metrics"] = sample_metrics(
             samples[:n], view["test"], view["train"], clf,

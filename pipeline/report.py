@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from gm.io import atomic_path, write_json, write_text
-from pipeline import common, document, plots, tracking
+from pipeline import common, document, plots, published, tracking
 from pipeline.common import log
 
 OUT = Path("reports")
@@ -126,7 +126,9 @@ def headline(evals: list[dict], dataset: str) -> pd.DataFrame:
     df = df.drop(columns="group").sort_values(["view", "kind", "log p(x) [nats]"],
                                               ascending=[True, True, False])
     refs = [r for v in sorted(df["view"].unique()) if (r := reference_row(dataset, v))]
-    return pd.concat([df, pd.DataFrame(refs)], ignore_index=True) if refs else df
+    if refs:
+        df = pd.concat([df, pd.DataFrame(refs)], ignore_index=True)
+    return df.astype({"seeds": "Int64", "parameters": "Int64"})
 
 
 HEADLINE_METRICS = ("fid", "kid", "precision", "recall", "inception_score", "mmd_pixel",
@@ -172,6 +174,23 @@ def validation_table(evals: list[dict]) -> pd.DataFrame:
                          "stderr": v["stderr"], "reference": v["reference_method"],
                          "reference kind": v["reference_kind"],
                          "estimate - reference": v["difference"]})
+    return pd.DataFrame(rows)
+
+
+def published_table(evals: list[dict]) -> pd.DataFrame:
+    """Every published number for a (dataset, model) we ran, beside our mean over seeds."""
+    ours: dict[tuple, list[dict]] = {}
+    for e in evals:
+        ours.setdefault((e["dataset"], e["model"]), []).append(e)
+    rows = []
+    for (ds, model), es in sorted(ours.items()):
+        mean = float(np.mean([e["test_log_likelihood"]["mean"] for e in es]))
+        kind = es[0]["test_log_likelihood"]["kind"]
+        for pub in published.published_rows(ds, model):
+            rows.append({"dataset": ds, "model": model, "ours": mean, "our kind": kind,
+                         "published": pub["value"], "published kind": pub["kind"],
+                         "ours - published": mean - pub["value"], "setting": pub["setting"],
+                         "source": pub["source"]})
     return pd.DataFrame(rows)
 
 
@@ -243,6 +262,13 @@ def build(params: dict) -> list[tuple]:
                 dst = figdir / f"{ds}-{e['model']}-{png.stem}.png"
                 shutil.copyfile(png, dst)
                 blocks.append(("img", dst, f"{e['model']} {png.stem.replace('extra_', '')}"))
+    pub = published_table(evals)
+    if not pub.empty:
+        blocks += [("h", 2, "Published results"),
+                   ("p", "Our mean test value next to the paper's (configs/published.csv), "
+                         "with its source; differences only mean something between results of "
+                         "the same kind, data and architecture."),
+                   ("table", _fmt(pub))]
     sw = sandwich_table(evals)
     if not sw.empty:
         blocks += [("h", 2, "AIS sandwiches"),

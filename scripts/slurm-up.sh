@@ -95,9 +95,14 @@ for f in slurm.conf gres.conf; do ln -sfn "$ETC/$f" "/etc/slurm/$f"; done
 start_daemon slurmctld slurmctld -D -i -f /etc/slurm/slurm.conf
 wait_for 30 "slurmctld" bash -c 'scontrol ping | grep -q "is UP"'
 start_daemon slurmd slurmd -D -f /etc/slurm/slurm.conf
-wait_for 40 "node ${host} to be idle" bash -c "sinfo -h -N -o '%T' | grep -qE '^(idle|mixed|allocated)'"
-# A node left DOWN/DRAIN by an earlier unclean stop is resumed.
-scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true
+node_ready() {   # idle/mixed/allocated; a node left DOWN/DRAINED by an unclean stop is resumed
+    case "$(sinfo -h -N -o '%T' 2>/dev/null | head -1)" in
+        idle*|mixed*|allocated*) return 0 ;;
+        down*|drain*|fail*) scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 ;;
+    esac
+    return 1
+}
+wait_for 40 "node ${host} to be idle" node_ready
 
 # --- smoke jobs: srun, sbatch, and the fake GPU ---------------------------------------------------
 out=$(timeout 60 srun -N1 -n1 --mem=100 hostname) || die "smoke srun failed"

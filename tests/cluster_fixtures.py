@@ -1,6 +1,6 @@
 """Fixtures for the cluster, tracking-server, DVC-remote and fault tests.
 
-The test modules import the fixtures they use by name, so no conftest entry is needed.
+Loaded by tests/conftest.py (``pytest_plugins = ["cluster_fixtures"]``).
 
 Every test here runs the real stages (``python -m pipeline.<stage>``) as separate processes in a
 scratch project directory holding a tiny params.yaml, so a kill, a crash or a lock is real.

@@ -17,8 +17,6 @@ from gm.errors import ConfigError
 from gm.estimators.exact import binary_states
 from gm.models.autoregressive import allowed_dependencies, dependency_matrix, sample_in_order
 
-# tiny tensors: one thread avoids oversubscribing the shared 2-core machine
-torch.set_num_threads(1)
 
 # (name, hyperparameters): small versions of every binary model, incl. random orderings and
 # MADE ensembles over several orderings/connectivities

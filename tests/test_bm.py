@@ -126,3 +126,15 @@ def test_training_improves_likelihood_and_resumes_exactly():
     pcd.fit_step(x, generator=g1)
     clone.fit_step(x, generator=g2)
     assert torch.equal(pcd.U, clone.U) and torch.equal(pcd.chains, clone.chains)
+
+
+def test_exact_statistics_match_brute_force_for_odd_d():
+    """The half-by-half grid gives the same E[x x'] and E[x] as summing over all 2^d rows."""
+    d = 5
+    m = _bm(d, scale=1.0)
+    s = binary_states(d)
+    p = torch.softmax(m.log_f(s).detach().double(), 0)
+    xx, x = m.exact_statistics()
+    sd = s.double()
+    assert torch.allclose(xx.double(), (sd * p[:, None]).T @ sd, atol=1e-5)
+    assert torch.allclose(x.double(), p @ sd, atol=1e-5)

@@ -8,14 +8,6 @@ from gm.errors import ConfigError
 from model_checks import assert_resumes_exactly
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build(**kw):
     torch.manual_seed(0)
     return gm.build("cae", 10, **({"n_hidden": 7, "sample_steps": 5} | kw))

@@ -9,14 +9,6 @@ from gm.metrics.classifier import (Classifier, ClassifierConfig, fit_dataset_cla
                                    train_classifier)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return dataset_spec("digits").prepare(None)

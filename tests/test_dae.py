@@ -21,15 +21,6 @@ def mixture(n, gen):
     return PATTERNS[torch.multinomial(WEIGHTS, n, replacement=True, generator=gen)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: threads only add contention on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def trained_dae(steps=800, **kw):
     torch.manual_seed(0)
     model = gm.build("dae", PATTERNS.shape[1], n_hidden=64, corruption=0.2, lr=3e-3, **kw)

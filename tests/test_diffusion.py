@@ -10,14 +10,6 @@ from gm.estimators.exact import binary_states
 from model_checks import assert_resumes_exactly
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build(d, **kw):
     torch.manual_seed(0)
     return gm.build("diffusion", d, **kw)

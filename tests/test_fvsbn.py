@@ -5,8 +5,6 @@ import torch
 
 import gm
 
-# tiny tensors: one thread avoids oversubscribing the shared 2-core machine
-torch.set_num_threads(1)
 
 
 def test_log_prob_is_the_product_of_logistic_conditionals():

@@ -7,8 +7,6 @@ import gm
 from gm.base import Budget
 from gm.models.autoregressive import allowed_dependencies, dependency_matrix
 
-# tiny tensors: one thread avoids oversubscribing the shared 2-core machine
-torch.set_num_threads(1)
 
 
 def random_model(d: int, seed: int = 0):

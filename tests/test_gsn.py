@@ -8,14 +8,6 @@ from gm.errors import ConfigError
 from model_checks import assert_resumes_exactly
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def data(n=64, d=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     proto = (torch.rand(3, d, generator=g) < 0.5).float()

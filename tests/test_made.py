@@ -8,8 +8,6 @@ import torch
 import gm
 from gm.base import Budget
 
-# tiny tensors: one thread avoids oversubscribing the shared 2-core machine
-torch.set_num_threads(1)
 
 
 def build(d=10, **kw):

@@ -19,15 +19,6 @@ from gm.metrics.memorization import memorization
 from gm.metrics.precision_recall import knn_radii, precision_recall
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: thread start-up costs more than it saves on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return dataset_spec("digits").prepare(None)

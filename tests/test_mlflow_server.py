@@ -13,8 +13,6 @@ import pytest
 
 from cluster_fixtures import (free_port, mlflow_server_process, run_stage, stage_env, tiny_params,
                               write_params)
-from cluster_fixtures import (fresh_database, mlflow_server, postgres_uri,  # noqa: F401  (fixtures)
-                              prepared_data, workspace)
 
 RUN = Path("results/bars_stripes/rbm/seed0")
 EPOCHS = 5

@@ -6,8 +6,6 @@ import torch
 
 import gm
 
-# tiny tensors: one thread avoids oversubscribing the shared 2-core machine
-torch.set_num_threads(1)
 
 
 @pytest.mark.parametrize("ordering", ["natural", "random"])

@@ -6,8 +6,6 @@ import torch
 import gm
 from gm.models.autoregressive import dependency_matrix
 
-# tiny tensors: one thread avoids oversubscribing the shared 2-core machine
-torch.set_num_threads(1)
 
 
 def random_model(d, **kw):

@@ -58,3 +58,15 @@ def test_snakemake_validates_before_running(project):
     assert r.returncode != 0
     assert "evaluate.ais_betas: must be >= 1, got 0" in r.stdout + r.stderr
     assert not (path / "data").exists()
+
+
+def test_configfiles_merge_like_snakemake():
+    """Mappings merge key by key, lists replace (what `snakemake --configfile` does)."""
+    merged = P.load([ROOT / "params.yaml", ROOT / "configs" / "paper-cpu.yaml"])
+    cpu = yaml.safe_load((ROOT / "configs" / "paper-cpu.yaml").read_text())
+    assert merged["runs"] == cpu["runs"]
+    assert set(merged["models"]) >= set(yaml.safe_load((ROOT / "params.yaml").read_text())["models"])
+
+
+def test_paper_profile_is_valid():
+    P.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])

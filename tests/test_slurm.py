@@ -12,7 +12,6 @@ import subprocess
 import pytest
 
 from cluster_fixtures import TINY_PARAMS, copy_project, stage_env, write_params
-from cluster_fixtures import slurm_cluster  # noqa: F401  (fixture)
 
 GPU_RULES = {"train", "evaluate"}
 TIMEOUT = 1500      # seconds; the whole tiny workflow takes ~1-3 min on an idle 2-core machine

@@ -92,7 +92,7 @@ class BoltzmannMachine(GenerativeModel):
         self.register_buffer("data_sum", torch.zeros(data_dim, dtype=torch.float64))
         self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("chains", torch.zeros(config.n_chains, data_dim))  # PCD state
-        self._states: Tensor | None = None   # all 2^d states for the exact gradient (a cache)
+        self._states: tuple[Tensor, Tensor] | None = None   # cache for exact_statistics
         self._opt = torch.optim.SGD(self.parameters(), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
 
@@ -115,16 +115,32 @@ class BoltzmannMachine(GenerativeModel):
         """(E_model[x x'] (d, d), E_model[x] (d,)): exact by enumeration, or from the
         persistent chains after ``gibbs_sweeps`` sweeps (which it advances)."""
         if self.exact_gradient:
-            s = self._states
-            if s is None or s.device != self.U.device:
-                s = self._states = binary_states(self.data_dim, device=self.U.device)
-            p = torch.softmax(self.log_f(s), 0)
-            return (s * p[:, None]).T @ s, p @ s
+            return self.exact_statistics()
         x = self.chains
         for _ in range(self.config.gibbs_sweeps):
             x = gibbs_sweep(x, self.U, self.b, generator)
         self.chains.copy_(x)
         return x.T @ x / x.shape[0], x.mean(0)
+
+    def exact_statistics(self) -> tuple[Tensor, Tensor]:
+        """(E_model[x x'] (d, d), E_model[x] (d,)) by enumerating all 2^d states as a grid of
+        the first k = d // 2 units (states A) by the other d - k (states B):
+        log f(a, c) = a'U_AA a + c'U_BB c + 2 a'U_AB c + b_A'a + b_B'c, a 2^k x 2^(d-k) table
+        built with one (2^k, k) x (k, d-k) x (d-k, 2^(d-k)) product instead of 2^d rows."""
+        d, k, U, b = self.data_dim, self.data_dim // 2, self.U, self.b
+        if self._states is None or self._states[0].device != U.device:
+            self._states = (binary_states(k, device=U.device),
+                            binary_states(d - k, device=U.device))
+        A, B = self._states
+        fa = ((A @ U[:k, :k]) * A).sum(1) + A @ b[:k]
+        fb = ((B @ U[k:, k:]) * B).sum(1) + B @ b[k:]
+        log_f = fa[:, None] + fb[None, :] + 2 * (A @ U[:k, k:]) @ B.T
+        P = torch.softmax(log_f.reshape(-1), 0).reshape(log_f.shape)   # p(a, c)
+        pa, pb = P.sum(1), P.sum(0)
+        s_ab = A.T @ P @ B
+        xx = torch.cat([torch.cat([(A * pa[:, None]).T @ A, s_ab], 1),
+                        torch.cat([s_ab.T, (B * pb[:, None]).T @ B], 1)], 0)
+        return xx, torch.cat([pa @ A, pb @ B])
 
     def optimizers(self):
         return {"sgd": self._opt}

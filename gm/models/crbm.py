@@ -263,7 +263,8 @@ class CRBM(GenerativeModel):
         rows = torch.stack([x, torch.cat([x[:, :n_ctx], gen], 1)], 1)   # (n, 2, T, d)
         return Extras(metrics={"continuation_pixel_error_1": float(err[:, 0].mean()),
                                "continuation_pixel_error_all": float(err.mean())},
-                      images={"continuations": rows.reshape(-1, self.data_dim).cpu()})
+                      images={"continuations": rows.reshape(-1, self.data_dim).cpu()},
+                      grid_cols={"continuations": t})
 
 
 class DynamicBiasPath:

@@ -20,7 +20,8 @@ Training is CD-k or PCD like :class:`~gm.models.rbm.RBM`: the gradient of log p(
 log p(v) = -F(v) - log Z is a density in nats.  The free energy sums h out:
 F(v) = sum_i (v_i - b_i)^2 / (2 sigma_i^2) - sum_j softplus(c_j + (v/sigma^2)'W_j).
 v integrates out analytically for each h (a Gaussian), so
-log Z = logsumexp_h [c'h + sum_i ((b + W h)_i^2 - b_i^2) / (2 sigma_i^2)] + sum_i log sqrt(2 pi sigma_i^2),
+log Z = logsumexp_h [c'h + sum_i ((b + W h)_i^2 - b_i^2) / (2 sigma_i^2)]
+        + sum_i log sqrt(2 pi sigma_i^2),
 exact by enumerating h when n_hidden <= exact_max_bits; else forward AIS (interactions W and
 hidden biases c scaled by beta, from N(b, sigma^2) x uniform h) with a RAISE sandwich.
 """
@@ -136,7 +137,8 @@ class GaussianRBM(GenerativeModel):
         """F(v) = sum_i (v_i - b_i)^2 / (2 sigma_i^2) - sum_j softplus(c_j + (v/sigma^2)'W_j), (n,).
 
         Computed in the dtype of v (pass float64 for likelihoods); differentiable."""
-        W, b, c, var = self.W.to(v.dtype), self.b.to(v.dtype), self.c.to(v.dtype), self._var(v.dtype)
+        W, b, c = self.W.to(v.dtype), self.b.to(v.dtype), self.c.to(v.dtype)
+        var = self._var(v.dtype)
         return ((v - b) ** 2 / (2 * var)).sum(1) - F.softplus((v / var) @ W + c).sum(1)
 
     def gibbs(self, v: Tensor, steps: int, generator: torch.Generator) -> Tensor:
