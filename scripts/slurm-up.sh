@@ -79,7 +79,7 @@ SlurmdLogFile=$LOG_DIR/slurmd.log
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
-# finished jobs stay visible to `scontrol show job` for an hour (the tests check their GPUs)
+# finished jobs stay visible to scontrol show job for an hour (the tests check their GPUs)
 MinJobAge=3600
 KillWait=5
 Waittime=0

@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Set up from nothing and run the test suite (what .ci/run calls).  Extra args go to pytest,
-# e.g. `bash scripts/test.sh -m slow` for the slow convergence tests.
+# e.g. `bash scripts/test.sh -m slow` for the slow convergence and fault tests.
+# As root on Debian it also starts the single-node SLURM cluster of the cluster tests
+# (scripts/slurm-up.sh; stop it with scripts/slurm-down.sh); GM_CLUSTER=0 skips that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GM_TEST_DEPS=1 bash scripts/setup.sh
+if [ "$(id -u)" = 0 ] && [ "${GM_CLUSTER:-1}" = 1 ]; then
+  if ! bash scripts/slurm-up.sh >/tmp/gm-slurm-up.log 2>&1; then
+    cat /tmp/gm-slurm-up.log
+    [ "${CI:-}" = true ] && { echo "local SLURM cluster failed to start"; exit 1; }
+    echo "local SLURM cluster not started: the cluster tests will be skipped"
+  fi
+fi
 export GM_PROGRESS=0
-exec .venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q "$@"
