@@ -35,7 +35,7 @@ from gm.errors import ConfigError
 from gm.estimators.ais import ais_log_z, beta_schedule
 from gm.estimators.exact import enumerate_log_z
 from gm.estimators.raise_ais import ais_sandwich, raise_log_likelihood, sandwich_estimates
-from gm.models.rbm import bernoulli
+from gm.models.rbm import base_rate, base_rate_logit, bernoulli
 from gm.registry import register
 
 
@@ -185,16 +185,13 @@ class ConvRBM(GenerativeModel):
 
     def base_rate(self) -> Tensor:
         """Training-data pixel means, clipped to [0.005, 0.995] (H*W,)."""
-        if self.data_count == 0:
-            return torch.full((self.data_dim,), 0.5, device=self.W.device)
-        return (self.data_sum / self.data_count).clamp(0.005, 0.995).to(self.W.dtype)
+        return base_rate(self.data_sum, self.data_count).to(self.W.dtype)
 
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         cfg = self.config
         with torch.no_grad():
             if self.data_count == 0:   # visible biases start at the base rate (Hinton 2010)
-                p = x.double().mean(0).clamp(0.005, 0.995)
-                logit = torch.log(p / (1 - p)).to(self.c.dtype)
+                logit = base_rate_logit(x).to(self.c.dtype)
                 self.c.copy_(logit.mean().reshape(1, 1) if cfg.shared_visible_bias
                              else logit.reshape(self.shape))
             self.data_sum += x.double().sum(0)

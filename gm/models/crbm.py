@@ -29,7 +29,7 @@ from gm.config import require
 from gm.errors import DataError
 from gm.estimators.ais import ais_log_z, beta_schedule, log_mean_exp_stderr
 from gm.estimators.exact import enumerate_log_z
-from gm.models.rbm import bernoulli
+from gm.models.rbm import base_rate, base_rate_logit, bernoulli
 from gm.registry import register
 
 
@@ -121,17 +121,14 @@ class CRBM(GenerativeModel):
 
     def base_rate(self) -> Tensor:
         """Training-frame pixel means, clipped to [0.005, 0.995] (d,)."""
-        if self.data_count == 0:
-            return torch.full((self.data_dim,), 0.5, device=self.W.device)
-        return (self.data_sum / self.data_count).clamp(0.005, 0.995).to(self.W.dtype)
+        return base_rate(self.data_sum, self.data_count).to(self.W.dtype)
 
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         """CD-k on every window of the sequences x (B, T, d)."""
         u, v = self.windows(x)
         with torch.no_grad():
             if self.data_count == 0:   # visible biases start at the base rate (Hinton 2010)
-                p = v.double().mean(0).clamp(0.005, 0.995)
-                self.b.copy_(torch.log(p / (1 - p)).to(self.b.dtype))
+                self.b.copy_(base_rate_logit(v).to(self.b.dtype))
             self.data_sum += v.double().sum(0)
             self.data_count += v.shape[0]
             bv, bh = self.dynamic_biases(u)

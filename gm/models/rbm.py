@@ -47,6 +47,13 @@ class RBMConfig:
         require(self.raise_chains >= 1, "raise_chains", f"must be >= 1, got {self.raise_chains}")
 
 
+def base_rate_logit(x: Tensor) -> Tensor:
+    """Logits of the clipped pixel means of a batch x (n, d) -> (d,) float64: the initial
+    visible biases of Boltzmann machines (Hinton 2010, "A practical guide", sec. 8.1)."""
+    p = x.double().mean(0).clamp(0.005, 0.995)
+    return torch.log(p / (1 - p))
+
+
 def base_rate(data_sum: Tensor, data_count: Tensor) -> Tensor:
     """Clipped training-data pixel means (d,) from running sums, 0.5 before any data.
 
@@ -112,8 +119,7 @@ class RBM(GenerativeModel):
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         cfg = self.config
         if self.data_count == 0:  # visible biases start at the base rate (Hinton 2010, sec. 8.1)
-            p = x.double().mean(0).clamp(0.005, 0.995)
-            self.b.copy_(torch.log(p / (1 - p)).to(self.b.dtype))
+            self.b.copy_(base_rate_logit(x).to(self.b.dtype))
         self.data_sum += x.double().sum(0)
         self.data_count += x.shape[0]
         ph_data = self.p_h(x)
