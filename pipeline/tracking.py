@@ -5,6 +5,9 @@ Store: ``MLFLOW_TRACKING_URI`` if set (e.g. a shared ``mlflow server``), else th
 ``mlartifacts/``.  One experiment per dataset, one run per (dataset, model, seed) named
 ``<model>-seed<s>``; train creates it, evaluate adds to the same run.
 
+Per-epoch metrics are queued and sent every few seconds (and before checkpoints), so the UI
+shows live curves without a database write per epoch.
+
 Concurrency: with the local SQLite store, every write holds a file lock (``mlflow.db.lock``),
 so ``snakemake --cores 8`` never meets "database is locked".  Failure: a call that still fails
 after retries is appended to ``<run dir>/mlflow_pending.jsonl`` and replayed by the next stage
@@ -27,6 +30,7 @@ from filelock import FileLock
 log = logging.getLogger("gm-bench")
 PENDING = "mlflow_pending.jsonl"
 RETRIES = int(os.environ.get("GM_MLFLOW_RETRIES", "3"))
+FLUSH_SECONDS = 2.0  # queued per-epoch metrics reach the store at least this often
 # one attempt against a dead server should cost seconds, not MLflow's minutes of HTTP retries
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
@@ -80,22 +84,37 @@ class RunLogger:
         self.run_id: str | None = None
         self._client = None
         self.offline = False  # after a call exhausted its retries: keep the rest, in order
+        self._queue: list = []
+        self._flushed = time.monotonic()
         self.replay_pending()
         self._call("open", dict(dataset=dataset, model=model, seed=seed, tags=tags or {},
                                 params=_flatten(params or {}), create=create))
 
     # -- the calls -------------------------------------------------------------------------
     def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Queue metrics; they are sent at most every FLUSH_SECONDS (live curves, few writes)."""
         clean = {k: float(v) for k, v in metrics.items() if v is not None}
-        self._call("metrics", dict(metrics=clean, step=step, ts=int(time.time() * 1000)))
+        self._queue.append([clean, step, int(time.time() * 1000)])
+        if time.monotonic() - self._flushed >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send every queued metric now (before checkpoints, artifacts and the end)."""
+        if self._queue:
+            self._call("metrics", dict(batch=self._queue))
+            self._queue = []
+        self._flushed = time.monotonic()
 
     def artifact(self, path: Path, subdir: str | None = None) -> None:
+        self.flush()
         self._call("artifact", dict(path=str(Path(path).resolve()), subdir=subdir))
 
     def tags(self, tags: dict[str, str]) -> None:
+        self.flush()
         self._call("tags", dict(tags={k: str(v) for k, v in tags.items()}))
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
         self._call("finish", dict(status=status))
 
     # -- machinery -------------------------------------------------------------------------
@@ -126,8 +145,10 @@ class RunLogger:
         if self.run_id is None:
             raise RuntimeError("no MLflow run open")
         if op == "metrics":
-            client.log_batch(self.run_id, metrics=[
-                Metric(k, v, a["ts"], a["step"] or 0) for k, v in a["metrics"].items()])
+            ms = [Metric(k, v, ts, step or 0) for values, step, ts in a["batch"]
+                  for k, v in values.items()]
+            for i in range(0, len(ms), 1000):  # MLflow's limit per log_batch call
+                client.log_batch(self.run_id, metrics=ms[i:i + 1000])
         elif op == "artifact":
             client.log_artifact(self.run_id, a["path"], a["subdir"])
         elif op == "tags":

@@ -102,6 +102,7 @@ def run(args, params) -> None:
         tracker.metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
         history.append(metrics)
         if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
+            tracker.flush()  # every epoch up to the checkpoint is in the store
             checkpoint.save(ckpt_path, model, epoch=epoch + 1, extra={
                 "params_hash": phash, "generator": g.get_state(), "history": history,
                 "train_seconds": elapsed + time.perf_counter() - t0})
