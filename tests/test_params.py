@@ -70,3 +70,9 @@ def test_configfiles_merge_like_snakemake():
 
 def test_paper_profile_is_valid():
     P.load([ROOT / "params.yaml", ROOT / "configs" / "paper.yaml"])
+
+
+def test_default_experiment_runs_every_registered_model():
+    from gm import model_names
+    params = P.load(ROOT / "params.yaml")
+    assert {r["model"] for r in params["runs"]} == set(model_names())
