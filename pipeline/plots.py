@@ -39,11 +39,16 @@ def dataset_figures(evals: list[dict], trains: list[dict], ds: str, outdir: Path
     figs: dict[str, Path] = {}
     if df.empty:
         return figs
-    order = df.groupby("model")["log p(x)"].mean().sort_values(ascending=False).index
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(order) + 1.5))
-    sns.pointplot(data=df, y="model", x="log p(x)", hue="kind", order=order, palette=KIND_COLORS,
-                  errorbar=("ci", 95), linestyle="none", ax=ax)
-    ax.set_title(f"{ds}: test log p(x) by model (95% interval over seeds)")
+    views = sorted(df["view"].unique())
+    fig, axes = plt.subplots(1, len(views), squeeze=False,
+                             figsize=(6 * len(views), 0.35 * df["model"].nunique() + 1.5))
+    for ax, view in zip(axes[0], views):  # a density of grey levels is not a probability
+        sub = df[df["view"] == view]
+        order = sub.groupby("model")["log p(x)"].mean().sort_values(ascending=False).index
+        sns.pointplot(data=sub, y="model", x="log p(x)", hue="kind", order=order,
+                      palette=KIND_COLORS, errorbar=("pi", 100), linestyle="none", ax=ax)
+        ax.set_title(f"{ds}, {view} view: test log p(x)\n(mean over seeds; bars: range over seeds)",
+                     fontsize=9)
     figs["log-likelihood by model"] = _save(fig, outdir / f"{ds}-loglik.png")
 
     rows = [{"model": t["model"], "seed": t["seed"], "epoch": h["epoch"],
