@@ -75,6 +75,7 @@ rule report:
         expand(RUN_DIR + "/eval.json", zip, dataset=[r[0] for r in RUNS], model=[r[1] for r in RUNS], seed=[r[2] for r in RUNS]),
         expand("results/{dataset}/reference.json", dataset=DATASETS),
         "pipeline/report.py",
+        "configs/published.csv",
     output: "reports/report.md", "reports/report.html", "reports/results.csv", "reports/metrics.json", "reports/curves.csv"
     log: "logs/report.log"
     shell: "python -m pipeline.report 2> {log}"

@@ -24,8 +24,8 @@ def make_project(path: Path, params: dict) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "dvc.yaml"):
         shutil.copy(ROOT / name, path / name)
-    shutil.copytree(ROOT / "pipeline", path / "pipeline",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pipeline", "configs"):
+        shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
