@@ -22,8 +22,13 @@ def model_params(w):
     return config["models"][w.model]
 
 
-rule all:
+EVALS = expand(RUN_DIR + "/eval.json", zip, dataset=[r[0] for r in RUNS],
+               model=[r[1] for r in RUNS], seed=[r[2] for r in RUNS])
+
+
+rule all:  # every run's results too: the committed report alone must not look up to date
     input:
+        EVALS,
         "reports/report.md",
         "reports/report.html",
         "reports/results.csv",
@@ -72,7 +77,7 @@ rule evaluate:
 
 rule report:
     input:
-        expand(RUN_DIR + "/eval.json", zip, dataset=[r[0] for r in RUNS], model=[r[1] for r in RUNS], seed=[r[2] for r in RUNS]),
+        EVALS,
         expand("results/{dataset}/reference.json", dataset=DATASETS),
         "pipeline/report.py",
         "configs/published.csv",

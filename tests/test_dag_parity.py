@@ -55,3 +55,14 @@ def test_snakefile_and_dvc_yaml_declare_the_same_dag(project):
         # DVC may depend on a directory holding Snakemake's individual inputs (results/)
         assert all(covered(i, dvc[cmd]["inputs"]) for i in smk[cmd]["inputs"]), cmd
         assert all(any(covered(i, {d}) for i in smk[cmd]["inputs"]) for d in dvc[cmd]["inputs"]), cmd
+
+
+def test_committed_report_does_not_make_a_fresh_clone_look_done(project):
+    """A fresh clone holds reports/ but no results/: `snakemake` must still train everything."""
+    import shutil
+    from conftest import ROOT
+    path = project()
+    shutil.copytree(ROOT / "reports", path / "reports")
+    out = run(["snakemake", "--cores", "1", "-n"], path).stdout
+    assert "Nothing to be done" not in out
+    assert re.search(r"^rule train:", out, re.M) and re.search(r"^rule report:", out, re.M)

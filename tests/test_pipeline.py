@@ -87,6 +87,10 @@ def test_dvc_repro_reruns_only_what_a_parameter_touches(project):
     first = run(["dvc", "repro"], path, timeout=900).stdout
     assert len(ran_stages(first)) == 8
     assert ran_stages(run(["dvc", "repro"], path).stdout) == set()
+    metrics = run(["dvc", "metrics", "show", "--json"], path).stdout
+    assert "test_log_likelihood" in metrics and "reports/metrics.json" in metrics
+    run(["dvc", "plots", "show", "-o", "plots_html"], path)
+    assert (path / "plots_html" / "index.html").stat().st_size > 0
     text = (path / "params.yaml").read_text().replace("n_hidden: 8", "n_hidden: 6")
     (path / "params.yaml").write_text(text)
     again = ran_stages(run(["dvc", "repro"], path, timeout=900).stdout)
