@@ -25,7 +25,7 @@ from gm.config import require
 from gm.estimators.ais import ais_log_z, beta_schedule
 from gm.estimators.exact import binary_states, enumerate_log_z
 from gm.estimators.raise_ais import ais_sandwich, raise_log_likelihood, sandwich_estimates
-from gm.models.rbm import base_rate, base_rate_logit
+from gm.models.rbm import base_rate, observe_batch
 from gm.ops import bernoulli
 from gm.registry import register
 
@@ -147,10 +147,7 @@ class BoltzmannMachine(GenerativeModel):
 
     @torch.no_grad()
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
-        if self.data_count == 0:
-            self.b.copy_(base_rate_logit(x).to(self.b.dtype))
-        self.data_sum += x.double().sum(0)
-        self.data_count += x.shape[0]
+        observe_batch(x, self.data_sum, self.data_count, self.b)
         if self.data_count == x.shape[0] and not self.exact_gradient:  # first update: PCD chains
             self.chains.copy_(bernoulli(self.base_rate().expand_as(self.chains), generator))
         xx_model, x_model = self.model_statistics(generator)

@@ -29,7 +29,7 @@ from gm.config import require
 from gm.errors import DataError
 from gm.estimators.ais import ais_log_z, beta_schedule, log_mean_exp_stderr
 from gm.estimators.exact import enumerate_log_z
-from gm.models.rbm import base_rate, base_rate_logit, bernoulli
+from gm.models.rbm import base_rate, observe_batch, bernoulli
 from gm.registry import register
 
 
@@ -127,10 +127,7 @@ class CRBM(GenerativeModel):
         """CD-k on every window of the sequences x (B, T, d)."""
         u, v = self.windows(x)
         with torch.no_grad():
-            if self.data_count == 0:   # visible biases start at the base rate (Hinton 2010)
-                self.b.copy_(base_rate_logit(v).to(self.b.dtype))
-            self.data_sum += v.double().sum(0)
-            self.data_count += v.shape[0]
+            observe_batch(v, self.data_sum, self.data_count, self.b)
             bv, bh = self.dynamic_biases(u)
             v_neg = self.gibbs(v, bv, bh, self.config.cd_k, generator)
         self._opt.zero_grad(set_to_none=True)

@@ -33,7 +33,7 @@ from gm.config import require
 from gm.estimators.ais import ais_log_z, beta_schedule
 from gm.estimators.exact import binary_states, enumerate_log_z
 from gm.estimators.raise_ais import ais_sandwich, raise_log_likelihood, sandwich_estimates
-from gm.models.rbm import base_rate, base_rate_logit
+from gm.models.rbm import base_rate, observe_batch
 from gm.ops import bernoulli
 from gm.registry import register
 
@@ -148,10 +148,7 @@ class DBM(GenerativeModel):
 
     @torch.no_grad()
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
-        if self.data_count == 0:
-            self.b.copy_(base_rate_logit(x).to(self.b.dtype))
-        self.data_sum += x.double().sum(0)
-        self.data_count += x.shape[0]
+        observe_batch(x, self.data_sum, self.data_count, self.b)
         for p in self.parameters():   # parameters outside the current phase stay untouched
             p.grad = None
         phase = self.phase

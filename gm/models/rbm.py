@@ -54,6 +54,16 @@ def base_rate_logit(x: Tensor) -> Tensor:
     return torch.log(p / (1 - p))
 
 
+@torch.no_grad()
+def observe_batch(x: Tensor, data_sum: Tensor, data_count: Tensor, visible_bias=None) -> None:
+    """Add batch x (n, d) to the running data statistics of the base-rate model; on the first
+    batch, start ``visible_bias`` (if given) at the base-rate logits."""
+    if data_count == 0 and visible_bias is not None:
+        visible_bias.copy_(base_rate_logit(x).to(visible_bias.dtype))
+    data_sum += x.double().sum(0)
+    data_count += x.shape[0]
+
+
 def base_rate(data_sum: Tensor, data_count: Tensor) -> Tensor:
     """Clipped training-data pixel means (d,) from running sums, 0.5 before any data.
 
@@ -118,10 +128,7 @@ class RBM(GenerativeModel):
     @torch.no_grad()
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         cfg = self.config
-        if self.data_count == 0:  # visible biases start at the base rate (Hinton 2010, sec. 8.1)
-            self.b.copy_(base_rate_logit(x).to(self.b.dtype))
-        self.data_sum += x.double().sum(0)
-        self.data_count += x.shape[0]
+        observe_batch(x, self.data_sum, self.data_count, self.b)
         ph_data = self.p_h(x)
         if cfg.persistent:
             if self.data_count == x.shape[0]:  # first update: chains from the base rate
