@@ -9,6 +9,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from gm.config import require
+
 Kind = Literal["exact", "estimate", "lower_bound", "upper_bound", "proxy"]
 KINDS: tuple[str, ...] = ("exact", "estimate", "lower_bound", "upper_bound", "proxy")
 
@@ -101,6 +103,24 @@ class Extras:
     grid_cols: dict[str, int] = field(default_factory=dict)
 
 
+DATA_VIEWS = ("binary", "real")
+
+
+def check_data_view(view: str) -> None:
+    """Validate a config's ``data_view`` field (for :class:`EitherView` models)."""
+    require(view in DATA_VIEWS, "data_view", f"must be binary or real, got {view!r}")
+
+
+class EitherView:
+    """Mixin of models whose samples are pixel means in [0, 1], so they train on either the
+    binary or the real-valued (grey-level) view of a dataset: ``input_kind`` is the config's
+    ``data_view``.  The Parzen protocol of Goodfellow et al. 2014 uses the real view."""
+
+    @property
+    def input_kind(self) -> str:
+        return self.config.data_view
+
+
 class GenerativeModel(nn.Module):
     """Base class of every model in the registry.
 
@@ -159,9 +179,18 @@ class GenerativeModel(nn.Module):
         (the pipeline's own classifier of the dataset's labels)."""
         return Extras()
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """The optimisers the model owns, by name (saved in checkpoints for exact resume)."""
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Build the model's optimisers, by name; subclasses override (default: none)."""
         return {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers the model owns, by name (saved in checkpoints for exact resume).
+
+        Built by :meth:`make_optimizers` on first use, so evaluation, which needs none, never
+        pays torch.optim's import of torch._dynamo (~1.5 s of CPU per process)."""
+        if "_optimizers" not in self.__dict__:
+            self.__dict__["_optimizers"] = self.make_optimizers()
+        return self.__dict__["_optimizers"]
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -43,12 +43,13 @@ def load_state(path: Path, *, expect_model: str | None = None) -> dict:
     return state
 
 
-def restore(state: dict, device) -> gm.GenerativeModel:
-    """Rebuild the model of a checkpoint dict, with its optimisers' state."""
+def restore(state: dict, device, *, optimizers: bool = True) -> gm.GenerativeModel:
+    """Rebuild the model of a checkpoint dict, with its optimisers' state unless
+    ``optimizers=False`` (evaluation: building a torch optimiser imports torch._dynamo, ~1.5 s)."""
     model = gm.build(state["model"], state["data_dim"], **state["config"]).to(device)
     try:
         model.load_state_dict(state["state_dict"])
-        for name, opt in model.optimizers().items():
+        for name, opt in (model.optimizers() if optimizers else {}).items():
             opt.load_state_dict(state["optimizers"][name])
     except (RuntimeError, KeyError) as err:
         raise CheckpointError(f"checkpoint does not match model {state['model']!r} with its "

@@ -2,8 +2,9 @@
 
     python -m pipeline.evaluate --dataset D --model M --seed S
 
-Reads results/D/M/seedS/{model.pt, train.json}; writes eval.json and samples.png there and
-adds them to the MLflow run of the training stage.
+Reads results/D/M/seedS/{model.pt, train.json}; writes eval.json and samples.png there.
+Their MLflow calls (metrics, tags, artifacts for the training stage's run) are deferred to the
+run's pending file and sent by the report stage (see pipeline/tracking.py).
 """
 from __future__ import annotations
 
@@ -66,13 +67,13 @@ def run(args, params) -> None:
     out = common.run_dir(ds, name, seed)
     cfg = P.evaluate_config(params)
     budget = cfg.budget()
-    state = checkpoint.load_state(out / "model.pt", expect_model=name)
-    model = checkpoint.restore(state, device).eval()
+    state = checkpoint.load_state(out / "model.pt", expect_model=P.registered_model(params, name))
+    model = checkpoint.restore(state, device, optimizers=False).eval()
     train_info = json.loads((out / "train.json").read_text())
     splits = load_splits(common.processed_path(ds))
     view = splits.view(model.input_kind)
     x_test = torch.as_tensor(view["test"], device=device)
-    tracker = tracking.RunLogger(out, ds, name, seed, create=False)
+    tracker = tracking.RunLogger(out, ds, name, seed, create=False, defer=math.inf)
     g = common.stage_generator(params, "evaluate", ds, name, seed, device)
     t0 = time.perf_counter()
 

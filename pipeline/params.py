@@ -76,11 +76,8 @@ def validate(params: dict) -> dict:
                 "unknown dataset (known: " + ", ".join(known_ds) + ")")
         dataset_spec(name).check_options(_mapping(opts, f"datasets.{name}"))
     make_config(EvaluateConfig, _mapping(params.get("evaluate"), "evaluate"), "evaluate")
-    known_models = model_names()
     models = _mapping(params["models"], "models")
     for name, block in models.items():
-        require(name in known_models, f"models.{name}",
-                "unknown model (known: " + ", ".join(known_models) + ")")
         _validate_model_block(name, _mapping(block, f"models.{name}"))
     runs = params["runs"]
     require(isinstance(runs, list) and len(runs) > 0, "runs",
@@ -103,7 +100,21 @@ def validate(params: dict) -> dict:
 def _validate_model_block(name: str, block: dict) -> None:
     where = f"models.{name}"
     for key in block:
-        require(key in ("train", "model"), f"{where}.{key}", "unknown key (known: model, train)")
+        require(key in ("base", "train", "model"), f"{where}.{key}",
+                "unknown key (known: base, model, train)")
+    known = model_names()
+    if "base" in block:  # a variant: another setting of a registered model, under its own name
+        base = block["base"]
+        require(name not in known, f"{where}.base",
+                f"{name!r} is a registered model; a variant needs a name of its own "
+                f"(e.g. {name}_v2)")
+        require(isinstance(base, str) and base in known, f"{where}.base",
+                f"{base!r} is not a registered model (known: " + ", ".join(known) + ")")
+        require(name.replace("_", "").isalnum(), where,
+                "a variant name may hold only letters, digits and _")
+    else:
+        require(name in known, where, "unknown model (known: " + ", ".join(known)
+                + "; or define a variant with base: <model>)")
     train = _mapping(block.get("train"), f"{where}.train")
     for key, value in train.items():
         require(key in TRAIN_KEYS, f"{where}.train.{key}",
@@ -112,8 +123,14 @@ def _validate_model_block(name: str, block: dict) -> None:
                 f"{where}.train.{key}", f"must be a positive integer, got {value!r}")
     for key in ("epochs", "batch_size"):
         require(key in train, f"{where}.train.{key}", "missing")
-    make_config(model_class(name).Config, _mapping(block.get("model"), f"{where}.model"),
-                f"{where}.model")
+    make_config(model_class(block.get("base", name)).Config,
+                _mapping(block.get("model"), f"{where}.model"), f"{where}.model")
+
+
+def registered_model(params: dict, name: str) -> str:
+    """The registry name behind the run name ``name``: its ``base:`` for a variant
+    (e.g. rbm_cd3 with base: rbm), else ``name`` itself."""
+    return params["models"][name].get("base", name)
 
 
 def merge(base: dict, override: dict) -> dict:

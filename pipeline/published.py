@@ -1,7 +1,8 @@
 """Published results the report sets beside ours: configs/published.csv as data.
 
-Columns: dataset, model (gm-bench names), setting (architecture / training in words), metric
-(``test_log_likelihood``: mean log p(x) per test example in nats, NOT negated;
+Columns: dataset, model (the run name: a registered model or a variant of configs/paper.yaml
+such as rbm_cd3; rows of settings we do not run, e.g. vae_2layer, match nothing), setting
+(architecture / training in words), metric (``test_log_likelihood``: mean log p(x) per test example in nats, NOT negated;
 ``parzen_log_likelihood``: the Parzen-window proxy of Goodfellow et al. 2014), value, stderr
 (empty when the paper gives none), kind (exact | estimate | lower_bound | upper_bound | proxy,
 the vocabulary of :class:`gm.base.LogLikelihood`), source (paper, venue, table).

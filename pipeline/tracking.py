@@ -5,6 +5,14 @@ Store: ``MLFLOW_TRACKING_URI`` if set (e.g. a shared ``mlflow server``), else th
 ``mlartifacts/``.  One experiment per dataset, one run per (dataset, model, seed) named
 ``<model>-seed<s>``; train creates it, evaluate adds to the same run.
 
+Deferred calls: importing MLflow and opening its store cost ~3.5 s of CPU per process, more
+than most default trainings and evaluations take.  A RunLogger made with ``defer=S`` keeps
+its calls in the run's pending file for the first S seconds and imports nothing; the first
+call after that goes live, sending what was kept first.  Training defers DEFER_SECONDS
+(``GM_MLFLOW_DEFER_SECONDS``, default 60): a longer training shows live curves, a shorter one
+is logged whole later.  Evaluate defers everything.  The report stage sends every pending
+call (:func:`replay_all`), so every run is complete in MLflow when the pipeline ends.
+
 Per-epoch metrics are queued and sent every few seconds (and before checkpoints), so the UI
 shows live curves without a database write per epoch.
 
@@ -31,6 +39,7 @@ log = logging.getLogger("gm-bench")
 PENDING = "mlflow_pending.jsonl"
 RETRIES = int(os.environ.get("GM_MLFLOW_RETRIES", "3"))
 FLUSH_SECONDS = 2.0  # queued per-epoch metrics reach the store at least this often
+DEFER_SECONDS = float(os.environ.get("GM_MLFLOW_DEFER_SECONDS", "60"))  # training (see above)
 # one attempt against a dead server should cost seconds, not MLflow's minutes of HTTP retries
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
@@ -45,6 +54,13 @@ def _lock():
     if uri.startswith("sqlite:///"):
         return FileLock(uri[len("sqlite:///"):] + ".lock", timeout=600)
     return contextlib.nullcontext()
+
+
+def _import_store() -> None:
+    """Import MLflow and the SQL store modules (about 3 s of CPU, once per process)."""
+    import mlflow.tracking  # noqa: F401
+    if tracking_uri().startswith("sqlite:"):
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
 
 def git_commit() -> str:
@@ -78,15 +94,20 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: Path, dataset: str, model: str, seed: int, *,
-                 tags: dict | None = None, params: dict | None = None, create: bool = True):
+                 tags: dict | None = None, params: dict | None = None, create: bool = True,
+                 defer: float = 0.0):
         self.run_dir = Path(run_dir)
         self.key = f"{dataset}/{model}/seed{seed}"
         self.run_id: str | None = None
         self._client = None
-        self.offline = False  # after a call exhausted its retries: keep the rest, in order
+        # offline: calls go to the pending file, in order (while deferred, or for good after a
+        # call exhausted its retries)
+        self.offline = defer > 0
+        self._live_at = time.monotonic() + defer if defer > 0 else None
         self._queue: list = []
         self._flushed = time.monotonic()
-        self.replay_pending()
+        if not self.offline:
+            self.replay_pending()
         self._call("open", dict(dataset=dataset, model=model, seed=seed, tags=tags or {},
                                 params=_flatten(params or {}), create=create))
 
@@ -119,9 +140,13 @@ class RunLogger:
 
     # -- machinery -------------------------------------------------------------------------
     def _call(self, op: str, args: dict) -> None:
+        if self._live_at is not None and time.monotonic() >= self._live_at:
+            self._live_at, self.offline = None, False   # the deferral is over: send what was kept
+            self.replay_pending()
         if not self.offline:
             for attempt in range(RETRIES):
                 try:
+                    _import_store()   # seconds of imports, outside the lock other jobs wait on
                     with _lock():
                         self._do(op, args)
                     return
@@ -212,18 +237,26 @@ def pending_runs(root: Path = Path("results")) -> list[Path]:
     return sorted(p.parent for p in Path(root).glob(f"**/{PENDING}"))
 
 
+def replay_all(dirs: list[Path] | None = None) -> list[Path]:
+    """Send the pending calls of ``dirs`` (default: every run dir that has some); returns the
+    dirs still pending afterwards (store unreachable)."""
+    left = []
+    for d in pending_runs() if dirs is None else dirs:
+        ds, model, seed = d.parts[-3], d.parts[-2], int(d.parts[-1].removeprefix("seed"))
+        RunLogger(d, ds, model, seed, create=False)
+        if (d / PENDING).exists():
+            left.append(d)
+    return left
+
+
 def main(argv=None) -> int:
     import argparse
-    ap = argparse.ArgumentParser(description="Replay MLflow calls kept during an outage.")
+    ap = argparse.ArgumentParser(description="Send MLflow calls kept in pending files.")
     ap.add_argument("--replay", nargs="*", default=None, help="run dirs (default: all pending)")
     args = ap.parse_args(argv)
     dirs = [Path(d) for d in args.replay] if args.replay else pending_runs()
-    left = 0
-    for d in dirs:
-        ds, model, seed = d.parts[-3], d.parts[-2], int(d.parts[-1].removeprefix("seed"))
-        RunLogger(d, ds, model, seed, create=False)
-        left += (d / PENDING).exists()
-    print(f"replayed {len(dirs) - left} run dirs; {left} still pending")
+    left = replay_all(dirs)
+    print(f"replayed {len(dirs) - len(left)} run dirs; {len(left)} still pending")
     return 1 if left else 0
 
 

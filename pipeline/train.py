@@ -4,7 +4,9 @@
 
 Writes results/D/M/seedS/{model.pt, train.json}; checkpoints every
 ``train.checkpoint_every`` epochs to ``checkpoint.pt`` and resumes from it when rerun after a
-crash; logs parameters and per-epoch metrics to MLflow as training runs.
+crash; logs parameters and per-epoch metrics to MLflow, live once training has run for
+GM_MLFLOW_DEFER_SECONDS (60 s), the calls of a shorter training kept for the report stage to
+send (pipeline/tracking.py).  ``mlflow_run_id`` in train.json is null when they were kept.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from gm.io import write_json
 from gm.progress import progress
 from gm.ops import bernoulli
 from pipeline import checkpoint, common, tracking
+from pipeline import params as P
 from pipeline.common import log
 
 
@@ -33,12 +36,14 @@ def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator):
 
 def train_model(model: gm.GenerativeModel, x: torch.Tensor, *, epochs: int, batch_size: int,
                 generator: torch.Generator, dynamic_binarization: bool = False,
-                start_epoch: int = 0, on_epoch=None) -> list[dict]:
+                start_epoch: int = 0, on_epoch=None, name: str | None = None) -> list[dict]:
     """Run epochs [start_epoch, epochs); ``on_epoch(epoch, metrics)`` after each one.
 
     Returns the per-epoch history (means of fit_step's diagnostics plus end_epoch's).
-    Raises DivergenceError naming the model and epoch on a non-finite metric or parameter.
+    Raises DivergenceError naming the model (``name``: its params.yaml name, default
+    ``model.name``) and epoch on a non-finite metric or parameter.
     """
+    name = name or model.name
     history = []
     for epoch in progress(range(start_epoch, epochs), desc=f"train {model.name}",
                           total=epochs - start_epoch):
@@ -57,9 +62,9 @@ def train_model(model: gm.GenerativeModel, x: torch.Tensor, *, epochs: int, batc
         metrics["epoch_seconds"] = time.perf_counter() - t0
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad or not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise DivergenceError(f"model {model.name!r} diverged at epoch {epoch + 1}: "
+            raise DivergenceError(f"model {name!r} diverged at epoch {epoch + 1}: "
                                   f"non-finite {', '.join(bad) or 'parameters'}; lower the "
-                                  f"learning rate in params.yaml models.{model.name}.model")
+                                  f"learning rate in params.yaml models.{name}.model")
         metrics["epoch"] = epoch + 1
         history.append(metrics)
         if on_epoch:
@@ -70,23 +75,23 @@ def train_model(model: gm.GenerativeModel, x: torch.Tensor, *, epochs: int, batc
 def run(args, params) -> None:
     ds, name, seed = args.dataset, args.model, args.seed
     block = params["models"][name]
+    registered = P.registered_model(params, name)   # a variant's base, else name
     device = common.device_of(params)
     out = common.run_dir(ds, name, seed)
     out.mkdir(parents=True, exist_ok=True)
     splits = load_splits(common.processed_path(ds))
-    cls = gm.model_class(name)
-    x = torch.as_tensor(splits.view(cls.input_kind)["train"], device=device)
-    dynamic = splits.binarization == "dynamic" and cls.input_kind == "binary"
     epochs, batch_size = block["train"]["epochs"], block["train"]["batch_size"]
     every = block["train"].get("checkpoint_every", 0)
 
     torch.manual_seed(common.stage_seed(params, "init", ds, name, seed))
-    model = gm.build(name, splits.data_dim, **block.get("model", {})).to(device)
+    model = gm.build(registered, splits.data_dim, **block.get("model", {})).to(device)
+    x = torch.as_tensor(splits.view(model.input_kind)["train"], device=device)
+    dynamic = splits.binarization == "dynamic" and model.input_kind == "binary"
     g = common.stage_generator(params, "train", ds, name, seed, device)
     ckpt_path, start, history, elapsed = out / "checkpoint.pt", 0, [], 0.0
     phash = tracking.params_hash({"model": block, "seed": params["seed"], "data": ds})
     if ckpt_path.exists():
-        state = checkpoint.load_state(ckpt_path, expect_model=name)
+        state = checkpoint.load_state(ckpt_path, expect_model=registered)
         if state["extra"].get("params_hash") == phash:
             model = checkpoint.restore(state, device)
             g.set_state(state["extra"]["generator"])
@@ -95,7 +100,8 @@ def run(args, params) -> None:
             log.info("resuming %s from its checkpoint after epoch %d", out, start)
     tracker = tracking.RunLogger(out, ds, name, seed, params={"model": block, "seed": seed},
                                  tags={"gm.params_hash": phash, "git_commit": tracking.git_commit(),
-                                       "device": str(device)})
+                                       "device": str(device)},
+                                 defer=tracking.DEFER_SECONDS)
     t0 = time.perf_counter()
 
     def on_epoch(epoch, metrics):
@@ -111,7 +117,8 @@ def run(args, params) -> None:
     failed.unlink(missing_ok=True)
     try:
         train_model(model, x, epochs=epochs, batch_size=batch_size, generator=g,
-                    dynamic_binarization=dynamic, start_epoch=start, on_epoch=on_epoch)
+                    dynamic_binarization=dynamic, start_epoch=start, on_epoch=on_epoch,
+                    name=name)
     except DivergenceError as err:  # the report marks the run failed; the stage fails loudly
         write_json(failed, {"dataset": ds, "model": name, "seed": seed, "error": str(err)})
         tracker.tags({"gm.error": str(err)[:500]})

@@ -24,10 +24,13 @@ apt_install() {
     }
 }
 
-# pid_alive NAME : true when the recorded PID of NAME is a live process.
+# pid_alive NAME : true when the recorded PID of NAME is a live process named NAME (a PID file
+# left in a reused scratch dir may name an unrelated process on a fresh machine).
 pid_alive() {
-    local f="$RUN_DIR/$1.pid"
-    [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+    local f="$RUN_DIR/$1.pid" pid
+    [ -s "$f" ] || return 1
+    pid=$(cat "$f")
+    kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
 }
 
 # start_daemon NAME CMD... : run CMD (foreground mode) detached with setsid; record its PID.
@@ -45,7 +48,7 @@ stop_daemon() {
     local name=$1 sig=${2:-TERM} f="$RUN_DIR/$1.pid" pid i
     [ -s "$f" ] || return 0
     pid=$(cat "$f")
-    if kill -0 "$pid" 2>/dev/null; then
+    if pid_alive "$name"; then
         kill "-$sig" "$pid" 2>/dev/null || true
         for i in $(seq 1 80); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
         if kill -0 "$pid" 2>/dev/null; then log "$name (pid $pid) ignored SIG$sig; sending KILL"; kill -KILL "$pid" 2>/dev/null || true; fi

@@ -92,7 +92,13 @@ mkdir -p /etc/slurm
 for f in slurm.conf gres.conf; do ln -sfn "$ETC/$f" "/etc/slurm/$f"; done
 
 # --- daemons --------------------------------------------------------------------------------------
-start_daemon slurmctld slurmctld -D -i -f /etc/slurm/slurm.conf
+# A controller that is not running starts from a clean state (-c, empty state and spool dirs): jobs
+# recovered from an earlier, killed cluster would hold the node and leave new jobs pending forever.
+if ! pid_alive slurmctld; then
+    stop_daemon slurmd
+    rm -rf "$BASE/state" "$BASE/spool"; mkdir -p "$BASE/state" "$BASE/spool"
+    start_daemon slurmctld slurmctld -D -c -i -f /etc/slurm/slurm.conf
+fi
 wait_for 30 "slurmctld" bash -c 'scontrol ping | grep -q "is UP"'
 start_daemon slurmd slurmd -D -f /etc/slurm/slurm.conf
 node_ready() {   # idle/mixed/allocated; a node left DOWN/DRAINED by an unclean stop is resumed

@@ -55,6 +55,20 @@ def test_pool_one_is_a_plain_conv_rbm():
         torch.testing.assert_close(m.free_energy(v), want)
 
 
+def blocks_of(a, pool):
+    """(n, K, Hh, Wh) hidden maps -> (n, K, Hh/C, Wh/C, C*C): each pooling block's units."""
+    n, k, hh, wh = a.shape
+    return (a.reshape(n, k, hh // pool, pool, wh // pool, pool).permute(0, 1, 2, 4, 3, 5)
+            .reshape(n, k, hh // pool, wh // pool, pool * pool))
+
+
+def test_block_log_partition_is_log_one_plus_block_sum():
+    m = tiny(data_dim=36, filter_size=3, pool=2)
+    inp = 5 * torch.randn(7, m.config.n_filters, 4, 4, dtype=torch.float64)
+    want = torch.log1p(blocks_of(inp, 2).exp().sum(-1))
+    torch.testing.assert_close(m.block_log_partition(inp), want)
+
+
 def test_hidden_sampler_follows_block_softmax_and_constraint():
     m = tiny(data_dim=16, filter_size=3, pool=2)
     v = binary_states(16)[1234:1235]
@@ -62,8 +76,8 @@ def test_hidden_sampler_follows_block_softmax_and_constraint():
     with torch.no_grad():
         inp = m.hidden_input(v).expand(20000, -1, -1, -1)
         h, pooled = m.sample_hidden(inp, g)
-        probs = torch.softmax(torch.nn.functional.pad(m._blocks(inp[:1]), (1, 0)), -1)[0]
-    blocks = m._blocks(h)                                    # (n, K, 1, 1, 4)
+        probs = torch.softmax(torch.nn.functional.pad(blocks_of(inp[:1], 2), (1, 0)), -1)[0]
+    blocks = blocks_of(h, 2)                                 # (n, K, 1, 1, 4)
     assert blocks.sum(-1).max() <= 1                         # at most one unit per block
     torch.testing.assert_close(pooled, blocks.sum(-1))
     freq = blocks.mean(0)                                    # (K, 1, 1, 4)

@@ -84,3 +84,17 @@ def test_decoder_ais_is_labelled_a_proxy():
 def test_resumes_exactly(name):
     assert_resumes_exactly(name, data(16, 16), latent_dim=3, channels=4) if name == "dcgan" \
         else assert_resumes_exactly(name, data(16, 16), latent_dim=3, d_steps=2)
+
+
+@pytest.mark.parametrize("name", ["gan", "dcgan", "gmmn", "cae", "gsn"])
+def test_either_view_models_take_the_view_from_their_config(name):
+    """data_view: real puts gan/dcgan/gmmn/cae/gsn on grey levels (the Parzen protocol of
+    Goodfellow et al. 2014 is on real-valued MNIST); anything else is one clear error."""
+    assert gm.build(name, 64).input_kind == "binary"
+    m = gm.build(name, 64, data_view="real")
+    assert m.input_kind == "real"
+    grey = torch.rand(32, 64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    assert all(math.isfinite(v) for v in m.fit_step(grey, generator=torch.Generator()).values())
+    with pytest.raises(ConfigError, match="data_view"):
+        gm.build(name, 64, data_view="grey")

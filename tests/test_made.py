@@ -70,3 +70,16 @@ def test_tiny_dimensions_are_normalised():
         with torch.no_grad():
             p = model.log_prob(binary_states(d, dtype=torch.float64)).exp()
         assert abs(float(p.sum()) - 1) < 1e-12
+
+
+def test_cached_masks_follow_a_loaded_state():
+    """Masks are cached per mask index; loading another model's degrees must replace them."""
+    torch.manual_seed(0)
+    a = gm.build("made", 10, hidden_sizes=[16], n_masks=3)
+    torch.manual_seed(1)
+    b = gm.build("made", 10, hidden_sizes=[16], n_masks=3)
+    before = [m.clone() for m in b.masks(2)]
+    b.load_state_dict(a.state_dict())
+    assert any(not torch.equal(x, y) for x, y in zip(before, b.masks(2)))
+    for x, y in zip(a.masks(2), b.masks(2)):
+        assert torch.equal(x, y)

@@ -1,5 +1,6 @@
 """params.yaml validation: one clear error naming the field, before any work starts."""
 import copy
+import json
 
 import pytest
 import yaml
@@ -29,6 +30,12 @@ def test_default_params_are_valid():
     (lambda p: p.__setitem__("seed", -1), "seed"),
     (lambda p: p.__setitem__("device", "tpu"), "device"),
     (lambda p: p["runs"].append({"dataset": "digits", "model": "rbm"}), "runs[1].dataset"),
+    (lambda p: p["models"].__setitem__("rbm_cd3", {"base": "nosuch"}), "models.rbm_cd3.base"),
+    (lambda p: p["models"]["rbm"].__setitem__("base", "rbm"), "models.rbm.base"),
+    (lambda p: p["models"].__setitem__("rbm_cd3", {"base": "rbm", "train": {
+        "epochs": 1, "batch_size": 5}, "model": {"cd_k": 0}}), "models.rbm_cd3.model.cd_k"),
+    (lambda p: p["models"].__setitem__("rbm_cd3", {"base": "rbm", "train": {
+        "epochs": 1, "batch_size": 5}, "model": {"iwae_k": 5}}), "models.rbm_cd3.model.iwae_k"),
 ])
 def test_bad_params_name_the_field(edit, field):
     p = copy.deepcopy(tiny_params())
@@ -76,3 +83,26 @@ def test_default_experiment_runs_every_registered_model():
     from gm import model_names
     params = P.load(ROOT / "params.yaml")
     assert {r["model"] for r in params["runs"]} == set(model_names())
+
+
+def test_a_variant_is_a_registered_model_under_its_own_name(tmp_path):
+    """models.rbm_cd3 with base: rbm trains and evaluates as an RBM with cd_k=3, in its own
+    results folder, beside the plain rbm."""
+    p = tiny_params()
+    p["models"]["rbm_cd3"] = {"base": "rbm", "train": {"epochs": 2, "batch_size": 50},
+                              "model": {"n_hidden": 8, "cd_k": 3}}
+    p["runs"].append({"dataset": "bars_stripes", "model": "rbm_cd3"})
+    assert P.registered_model(P.validate(p), "rbm_cd3") == "rbm"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    for stage in ("fetch", "prepare"):
+        run(["python", "-m", f"pipeline.{stage}", "--dataset", "bars_stripes"], tmp_path)
+    run(["python", "-m", "pipeline.classifier", "--dataset", "bars_stripes"], tmp_path)
+    args = ["--dataset", "bars_stripes", "--model", "rbm_cd3", "--seed", "0"]
+    run(["python", "-m", "pipeline.train", *args], tmp_path)
+    run(["python", "-m", "pipeline.evaluate", *args], tmp_path)
+    out = tmp_path / "results/bars_stripes/rbm_cd3/seed0"
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["model"] == "rbm_cd3" and ev["test_log_likelihood"]["kind"] == "exact"
+    import torch
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert state["model"] == "rbm" and state["config"]["cd_k"] == 3

@@ -34,3 +34,18 @@ def test_a_bad_kind_names_the_line_and_field(tmp_path):
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(pub.PublishedTableError, match="line 2: kind"):
         pub.load(bad)
+
+
+def test_every_paper_run_has_its_published_row():
+    """configs/paper.yaml and configs/published.csv name the same runs, variants included."""
+    from pipeline import params as P
+    from conftest import ROOT
+    paper = P.load([ROOT / "params.yaml", ROOT / "configs/paper.yaml"])
+    for ds, model, _ in P.runs(paper):
+        rows = pub.published_rows(ds, model)
+        assert rows, f"no published row for ({ds}, {model})"
+    settings = {m: pub.published_rows("binarized_mnist", m)[0]["setting"]
+                for m in ("rbm_cd1", "rbm_cd3")}
+    assert "CD-1" in settings["rbm_cd1"] and "CD-3" in settings["rbm_cd3"]
+    assert P.registered_model(paper, "iwae_k50") == "vae"
+    assert paper["models"]["iwae_k50"]["model"]["iwae_k"] == 50

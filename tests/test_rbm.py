@@ -47,6 +47,30 @@ def test_ais_agrees_with_exact_on_small_random_rbms(seed):
     assert abs(res.log_z - exact) < 3 * res.stderr + 0.05, (res.log_z, res.stderr, exact)
 
 
+class Unfused:
+    """The RBM's annealing path without its fused ais_step: log_f and transition only."""
+
+    def __init__(self, path):
+        self.path = path
+        for name in ("base_log_z", "base_sample", "log_f", "transition"):
+            setattr(self, name, getattr(path, name))
+
+
+def test_fused_ais_and_raise_steps_equal_the_generic_ones():
+    from gm.estimators.ais import ais_log_z, beta_schedule
+    from gm.estimators.raise_ais import reverse_ais_log_weights
+    m = random_rbm(12, 6, seed=3)
+    fused, betas, x = m.annealing_path(), beta_schedule(50), binary_states(12)[::97].double()
+    assert hasattr(fused, "ais_step") and not hasattr(Unfused(fused), "ais_step")
+    a, b = (ais_log_z(p, betas, 20, torch.Generator().manual_seed(0))
+            for p in (fused, Unfused(fused)))
+    torch.testing.assert_close(a.log_weights, b.log_weights, rtol=0, atol=1e-10)
+    ra, rb = (reverse_ais_log_weights(p, x, torch.zeros(len(x)), betas,
+                                      torch.Generator().manual_seed(1))
+              for p in (fused, Unfused(fused)))
+    torch.testing.assert_close(ra, rb, rtol=0, atol=1e-10)
+
+
 def test_ais_is_used_when_enumeration_is_too_large():
     m = random_rbm(12, 8, seed=0, scale=0.3)
     x = binary_states(12)[:50]

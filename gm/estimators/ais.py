@@ -30,6 +30,20 @@ class AnnealingPath(Protocol):
     def transition(self, x: Tensor, beta: float, generator: torch.Generator) -> Tensor:
         """One MCMC step that leaves p_beta invariant."""
 
+    # Optional, for speed: ``ais_step(x, beta_prev, beta, generator, move)`` returning
+    # (log_f(x, beta) - log_f(x, beta_prev), transition(x, beta) if move else x), sharing the
+    # products both need (the RBM computes v W once instead of three times).
+
+
+def ais_step(path: AnnealingPath, x: Tensor, beta_prev: float, beta: float,
+             generator: torch.Generator, move: bool = True) -> tuple[Tensor, Tensor]:
+    """One AIS step: the log-weight increment of x from beta_prev to beta, then (if ``move``)
+    a transition at beta.  Uses the path's own fused ``ais_step`` when it has one."""
+    if hasattr(path, "ais_step"):
+        return path.ais_step(x, beta_prev, beta, generator, move)
+    delta = path.log_f(x, beta) - path.log_f(x, beta_prev)
+    return delta, path.transition(x, beta, generator) if move else x
+
 
 def beta_schedule(n: int, kind: str = "sigmoid", *, dtype=torch.float64) -> Tensor:
     """n + 1 inverse temperatures 0 = beta_0 < ... < beta_n = 1.
@@ -85,9 +99,8 @@ def ais_log_z(path: AnnealingPath, betas: Tensor, n_chains: int,
     log_w = torch.zeros(n_chains, dtype=torch.float64, device=x.device)
     b = betas.tolist()
     for k in progress(range(1, len(b)), desc=desc):
-        log_w += (path.log_f(x, b[k]) - path.log_f(x, b[k - 1])).double()
-        if k < len(b) - 1:
-            x = path.transition(x, b[k], generator)
+        delta, x = ais_step(path, x, b[k - 1], b[k], generator, move=k < len(b) - 1)
+        log_w += delta.double()
     log_mean_w, se = log_mean_exp_stderr(log_w.cpu())
     return AISResult(path.base_log_z() + log_mean_w, se, log_w.cpu(), x)
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from gm.base import LogLikelihood
-from gm.estimators.ais import AISResult, AnnealingPath
+from gm.estimators.ais import AISResult, AnnealingPath, ais_step
 from gm.progress import progress
 
 # (x repeated per chain (n * m, d), generator) -> (chain start states (n * m, ...), log w_start (n * m,))
@@ -47,12 +47,19 @@ def reverse_ais_log_weights(path: AnnealingPath, x_start: Tensor, log_w_start: T
     Returns (N,) float64 log weights; exp of each is unbiased for p_ann(x).
     """
     b = betas.tolist()
-    step = getattr(path, "reverse_transition", path.transition)
-    x = x_start
     log_w = log_w_start.double().clone()
+    if hasattr(path, "reverse_transition"):
+        x = x_start
+        for k in progress(range(len(b) - 1, 0, -1), desc=desc):
+            x = path.reverse_transition(x, b[k], generator)          # x_{k-1} ~ T~_k(. | x_k)
+            log_w += (path.log_f(x, b[k - 1]) - path.log_f(x, b[k])).double()
+        return log_w - path.base_log_z()
+    # a reversible T_k is its own reversal: the increment at beta_k -> beta_{k-1} and the next
+    # move T_{k-1} form one forward AIS step with the temperatures swapped (fused if the path can)
+    x = path.transition(x_start, b[-1], generator)
     for k in progress(range(len(b) - 1, 0, -1), desc=desc):
-        x = step(x, b[k], generator)                                 # x_{k-1} ~ T~_k(. | x_k)
-        log_w += (path.log_f(x, b[k - 1]) - path.log_f(x, b[k])).double()
+        delta, x = ais_step(path, x, b[k], b[k - 1], generator, move=k > 1)
+        log_w += delta.double()
     return log_w - path.base_log_z()
 
 

@@ -113,11 +113,9 @@ class AutoregressiveModel(GenerativeModel):
         """Training objective: mean negative log-likelihood of the minibatch (nats)."""
         return -self.log_prob(x).mean()
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        if not hasattr(self, "_adam"):
-            self._adam = torch.optim.Adam(self.parameters(), lr=self.config.lr,
-                                          weight_decay=self.config.weight_decay)
-        return {"adam": self._adam}
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr,
+                                         weight_decay=self.config.weight_decay)}
 
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         opt = self.optimizers()["adam"]

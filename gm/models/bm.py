@@ -93,8 +93,6 @@ class BoltzmannMachine(GenerativeModel):
         self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("chains", torch.zeros(config.n_chains, data_dim))  # PCD state
         self._states: tuple[Tensor, Tensor] | None = None   # cache for exact_statistics
-        self._opt = torch.optim.SGD(self.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
 
     @property
     def exact_gradient(self) -> bool:
@@ -142,8 +140,10 @@ class BoltzmannMachine(GenerativeModel):
                         torch.cat([s_ab.T, (B * pb[:, None]).T @ B], 1)], 0)
         return xx, torch.cat([pa @ A, pb @ B])
 
-    def optimizers(self):
-        return {"sgd": self._opt}
+    def make_optimizers(self):
+        cfg = self.config
+        return {"sgd": torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay)}
 
     @torch.no_grad()
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
@@ -155,7 +155,7 @@ class BoltzmannMachine(GenerativeModel):
         dU.fill_diagonal_(0.0)                          # x_i^2 = x_i: the diagonal is b's job
         self.U.grad = -dU
         self.b.grad = -(x.mean(0) - x_model)
-        self._opt.step()
+        self.optimizers()["sgd"].step()
         self.U.fill_diagonal_(0.0)  # keep the diagonal exactly zero
         return {"stat_gap": float(dU.abs().max())}
 

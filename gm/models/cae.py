@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, Extras, GenerativeModel
+from gm.base import Budget, EitherView, Extras, GenerativeModel, check_data_view
 from gm.config import require
 from gm.models.ae_chain import BaseRate, ChainSampler, chain_extras, check_finite
 from gm.registry import register
@@ -32,6 +32,7 @@ class CAEConfig:
     sample_noise: float = 1.0     # sigma of eps in h' = h + J J' eps
     sample_steps: int = 100       # chain steps before a sample
     parzen_sigma: float = 0.25    # fallback Parzen width until fit_bandwidth chooses one
+    data_view: str = "binary"     # binary | real: the view of the dataset it trains on
 
     def __post_init__(self):
         require(self.n_hidden >= 1, "n_hidden", f"must be >= 1, got {self.n_hidden}")
@@ -40,14 +41,14 @@ class CAEConfig:
         require(self.sample_noise >= 0, "sample_noise", f"must be >= 0, got {self.sample_noise}")
         require(self.sample_steps >= 1, "sample_steps", f"must be >= 1, got {self.sample_steps}")
         require(self.parzen_sigma > 0, "parzen_sigma", f"must be > 0, got {self.parzen_sigma}")
+        check_data_view(self.data_view)
 
 
 @register("cae")
-class CAE(ChainSampler, GenerativeModel):
+class CAE(EitherView, ChainSampler, GenerativeModel):
     """W (n_hidden, d) shared by encoder and decoder, b (n_hidden,), c (d,)."""
 
     Config = CAEConfig
-    input_kind = "binary"
 
     def __init__(self, data_dim: int, config: CAEConfig):
         super().__init__(data_dim, config)
@@ -56,10 +57,10 @@ class CAE(ChainSampler, GenerativeModel):
         self.c = nn.Parameter(torch.zeros(data_dim))
         self.base_rate = BaseRate(data_dim)           # chains start from its draws
         self.init_parzen_sigma()                      # set by fit_bandwidth (validation)
-        self._opt = torch.optim.Adam(self.parameters(), lr=config.lr)
 
-    def optimizers(self):
-        return {"adam": self._opt}
+    def make_optimizers(self):
+        cfg = self.config
+        return {"adam": torch.optim.Adam(self.parameters(), lr=cfg.lr)}
 
     def encode(self, x: Tensor) -> Tensor:
         """h = f(x), (n, n_hidden)."""
@@ -86,9 +87,9 @@ class CAE(ChainSampler, GenerativeModel):
         penalty = self.jacobian_penalty(h).mean()
         loss = recon + self.config.contraction * penalty
         check_finite(loss, "cae")
-        self._opt.zero_grad(set_to_none=True)
+        self.optimizers()["adam"].zero_grad(set_to_none=True)
         loss.backward()
-        self._opt.step()
+        self.optimizers()["adam"].step()
         return {"loss": float(loss.detach()), "recon_nll": float(recon.detach()),
                 "jacobian_norm2": float(penalty.detach())}
 

@@ -114,23 +114,6 @@ class ConvRBM(GenerativeModel):
         self.register_buffer("chains", torch.zeros(config.n_chains if config.persistent else 0,
                                                    data_dim))
         self.register_buffer("chains_ready", torch.zeros((), dtype=torch.bool))
-        self._opt = torch.optim.SGD(self.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
-
-    # --- pooling blocks ------------------------------------------------------------------
-    def _blocks(self, a: Tensor) -> Tensor:
-        """(n, K, Hh, Wh) hidden maps -> (n, K, Hh/C, Wh/C, C*C) pooling blocks."""
-        n, k, hh, wh = a.shape
-        c = self.config.pool
-        return (a.reshape(n, k, hh // c, c, wh // c, c).permute(0, 1, 2, 4, 3, 5)
-                .reshape(n, k, hh // c, wh // c, c * c))
-
-    def _unblocks(self, a: Tensor) -> Tensor:
-        """Inverse of :meth:`_blocks`."""
-        n, k, hp, wp, _ = a.shape
-        c = self.config.pool
-        return (a.reshape(n, k, hp, wp, c, c).permute(0, 1, 2, 4, 3, 5)
-                .reshape(n, k, hp * c, wp * c))
 
     # --- conditionals and energies -------------------------------------------------------
     def hidden_input(self, v: Tensor, W: Tensor | None = None, b: Tensor | None = None) -> Tensor:
@@ -148,20 +131,39 @@ class ConvRBM(GenerativeModel):
         """c broadcast to (H*W,)."""
         return self.c.expand(*self.shape).reshape(-1)
 
+    def _upsample(self, a: Tensor) -> Tensor:
+        """(n, K, Hp, Wp) block values -> (n, K, Hh, Wh), each repeated over its C x C block."""
+        c = self.config.pool
+        return a.repeat_interleave(c, dim=-2).repeat_interleave(c, dim=-1)
+
     def block_log_partition(self, inp: Tensor) -> Tensor:
-        """log(1 + sum_{block} exp(I)) per pooling block: (n, K, Hh, Wh) -> (n, K, Hp, Wp)."""
-        blocks = self._blocks(inp)
-        return torch.logsumexp(F.pad(blocks, (1, 0)), dim=-1)
+        """log(1 + sum_{block} exp(I)) per pooling block: (n, K, Hh, Wh) -> (n, K, Hp, Wp).
+
+        Pooling ops on the maps as they lie (no block permute): softplus of the block
+        logsumexp, taken stably about the block maximum."""
+        c = self.config.pool
+        m = F.max_pool2d(inp, c)
+        block_sum = F.avg_pool2d(torch.exp(inp - self._upsample(m)), c) * (c * c)
+        return F.softplus(m + torch.log(block_sum))
 
     def sample_hidden(self, inp: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Sample h ~ P(h | v) given I (n, K, Hh, Wh): each block is a softmax over
-        "all off" and its C*C units.  Returns (h (n, K, Hh, Wh), pooling units (n, K, Hp, Wp))."""
-        probs = torch.softmax(F.pad(self._blocks(inp), (1, 0)), dim=-1)   # (..., C*C + 1)
-        u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device,
-                       dtype=probs.dtype)
-        idx = (probs.cumsum(-1) < u).sum(-1).clamp(max=probs.shape[-1] - 1)
-        onehot = F.one_hot(idx, probs.shape[-1]).to(probs.dtype)[..., 1:]
-        return self._unblocks(onehot), onehot.sum(-1)
+        """Sample h ~ P(h | v) given I (n, K, Hh, Wh): each block is one draw from the softmax
+        over "all off" (logit 0) and its C*C units (logits I).  Drawn by the Gumbel-max trick
+        with max pooling: the largest of I + Gumbel noise in a block wins if it beats the
+        "off" state's own Gumbel noise.  Returns (h (n, K, Hh, Wh), pooling units (n, K, Hp, Wp))."""
+        c = self.config.pool
+        n, k, hh, wh = inp.shape
+        best, where = F.max_pool2d(inp + self._gumbel(inp.shape, inp, generator), c,
+                                   return_indices=True)
+        on = (best > self._gumbel((n, k, hh // c, wh // c), inp, generator)).to(inp.dtype)
+        h = F.max_unpool2d(on, where, c, output_size=(hh, wh))
+        return h, on
+
+    @staticmethod
+    def _gumbel(shape, like: Tensor, generator: torch.Generator) -> Tensor:
+        """Standard Gumbel noise -log(-log U) of ``shape``, dtype and device of ``like``."""
+        u = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+        return -torch.log(-torch.log(u.clamp_min(torch.finfo(like.dtype).tiny)))
 
     def p_v(self, h: Tensor) -> Tensor:
         """P(v_i = 1 | h), (n, H*W)."""
@@ -180,8 +182,10 @@ class ConvRBM(GenerativeModel):
         return v
 
     # --- training ------------------------------------------------------------------------
-    def optimizers(self):
-        return {"sgd": self._opt}
+    def make_optimizers(self):
+        cfg = self.config
+        return {"sgd": torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay)}
 
     def base_rate(self) -> Tensor:
         """Training-data pixel means, clipped to [0.005, 0.995] (H*W,)."""
@@ -206,10 +210,10 @@ class ConvRBM(GenerativeModel):
             else:
                 v_neg = self.gibbs(x, cfg.cd_k, generator)
         # CD/PCD: the gradient of -log p(x) is dF(x)/dtheta - E_model[dF(v)/dtheta]
-        self._opt.zero_grad(set_to_none=True)
+        self.optimizers()["sgd"].zero_grad(set_to_none=True)
         gap = self.free_energy(x).mean() - self.free_energy(v_neg).mean()
         gap.backward()
-        self._opt.step()
+        self.optimizers()["sgd"].step()
         with torch.no_grad():
             h, _ = self.sample_hidden(self.hidden_input(x), generator)
             recon = self.p_v(h)

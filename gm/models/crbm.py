@@ -80,8 +80,6 @@ class CRBM(GenerativeModel):
         self.c = nn.Parameter(torch.zeros(nh))
         self.register_buffer("data_sum", torch.zeros(d, dtype=torch.float64))
         self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
-        self._opt = torch.optim.SGD(self.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
 
     # --- windows and dynamic biases ------------------------------------------------------
     def windows(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,8 +114,10 @@ class CRBM(GenerativeModel):
         return v
 
     # --- training ------------------------------------------------------------------------
-    def optimizers(self):
-        return {"sgd": self._opt}
+    def make_optimizers(self):
+        cfg = self.config
+        return {"sgd": torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay)}
 
     def base_rate(self) -> Tensor:
         """Training-frame pixel means, clipped to [0.005, 0.995] (d,)."""
@@ -130,11 +130,11 @@ class CRBM(GenerativeModel):
             observe_batch(v, self.data_sum, self.data_count, self.b)
             bv, bh = self.dynamic_biases(u)
             v_neg = self.gibbs(v, bv, bh, self.config.cd_k, generator)
-        self._opt.zero_grad(set_to_none=True)
+        self.optimizers()["sgd"].zero_grad(set_to_none=True)
         bv, bh = self.dynamic_biases(u)
         gap = self.free_energy(v, bv, bh).mean() - self.free_energy(v_neg, bv, bh).mean()
         gap.backward()
-        self._opt.step()
+        self.optimizers()["sgd"].step()
         with torch.no_grad():
             recon = self.gibbs(v, bv, bh, 1, generator, mean=True)
         return {"recon_error": float(((v - recon) ** 2).sum(1).mean()),

@@ -58,10 +58,10 @@ class DAE(ChainSampler, GenerativeModel):
         self.decoder = nn.Linear(config.n_hidden, data_dim)
         self.base_rate = BaseRate(data_dim)           # chains start from its draws
         self.init_parzen_sigma()                      # set by fit_bandwidth (validation)
-        self._opt = torch.optim.Adam(self.parameters(), lr=config.lr)
 
-    def optimizers(self):
-        return {"adam": self._opt}
+    def make_optimizers(self):
+        cfg = self.config
+        return {"adam": torch.optim.Adam(self.parameters(), lr=cfg.lr)}
 
     def reconstruction_logits(self, x_tilde: Tensor) -> Tensor:
         """omega = g(f(x~)): logits of P(x | x~), (n, d)."""
@@ -92,9 +92,9 @@ class DAE(ChainSampler, GenerativeModel):
         terms, _ = self.walkback_terms(x, generator)
         loss = torch.stack(terms).mean()
         check_finite(loss, "dae")
-        self._opt.zero_grad(set_to_none=True)
+        self.optimizers()["adam"].zero_grad(set_to_none=True)
         loss.backward()
-        self._opt.step()
+        self.optimizers()["adam"].step()
         return {"loss": float(loss.detach()), "recon_nll_step1": float(terms[0].detach())}
 
     # --- the four-step chain -------------------------------------------------------------

@@ -96,11 +96,11 @@ class DBM(GenerativeModel):
         self.register_buffer("chains_v", torch.zeros(config.n_chains, data_dim))
         self.register_buffer("chains_h2", torch.zeros(config.n_chains, n2))
         self.register_buffer("joint_steps", torch.zeros((), dtype=torch.int64))
-        self._opt = torch.optim.SGD(self.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
 
-    def optimizers(self):
-        return {"sgd": self._opt}
+    def make_optimizers(self):
+        cfg = self.config
+        return {"sgd": torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay)}
 
     def base_rate(self) -> Tensor:
         return base_rate(self.data_sum, self.data_count).to(self.b.dtype)
@@ -152,7 +152,7 @@ class DBM(GenerativeModel):
         for p in self.parameters():   # parameters outside the current phase stay untouched
             p.grad = None
         phase = self.phase
-        for group in self._opt.param_groups:
+        for group in self.optimizers()["sgd"].param_groups:
             group["lr"] = self.current_lr()
         if phase == "layer1":
             dW, db, dc, err = self._cd1(x, self.W1, self.b, self.c1, 2.0, 1.0, generator)
@@ -179,7 +179,7 @@ class DBM(GenerativeModel):
             self.c1.grad = -(mu1.mean(0) - h1.mean(0))
             self.c2.grad = -(mu2.mean(0) - h2.mean(0))
             err = ((x - torch.sigmoid(mu1 @ self.W1.T + self.b)) ** 2).sum(1).mean()
-        self._opt.step()
+        self.optimizers()["sgd"].step()
         phase_id = ("layer1", "layer2", "joint").index(phase)
         return {"recon_error": float(err), "phase": float(phase_id)}
 

@@ -80,7 +80,7 @@ class DBN(GenerativeModel):
         ends = torch.tensor(self.config.layer_epochs).cumsum(0)
         return min(int((ends <= int(self.epochs_done)).sum()), len(self.layers) - 1)
 
-    def optimizers(self):
+    def make_optimizers(self):
         return {f"layer{i}": rbm.optimizers()["sgd"] for i, rbm in enumerate(self.layers)}
 
     @torch.no_grad()

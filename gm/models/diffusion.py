@@ -71,10 +71,10 @@ class Diffusion(GenerativeModel):
         self.body = nn.Sequential(*layers, nn.SiLU(), nn.Linear(H, data_dim))
         t = torch.arange(T + 1, dtype=torch.float64)
         self.register_buffer("alphabar", (1 - t / T))                     # (T + 1,), [0] = 1
-        self._opt = torch.optim.Adam(self.parameters(), lr=config.lr)
 
-    def optimizers(self):
-        return {"adam": self._opt}
+    def make_optimizers(self):
+        cfg = self.config
+        return {"adam": torch.optim.Adam(self.parameters(), lr=cfg.lr)}
 
     def beta(self, t: Tensor) -> Tensor:
         """beta_t = 1 / (T - t + 1) for t in 1..T."""
@@ -123,9 +123,9 @@ class Diffusion(GenerativeModel):
         t = torch.randint(1, T + 1, (x.shape[0],), generator=generator, device=x.device)
         loss = T * self.bound_term(x, t, generator).mean()          # unbiased for -bound
         check_finite(loss, "diffusion")
-        self._opt.zero_grad(set_to_none=True)
+        self.optimizers()["adam"].zero_grad(set_to_none=True)
         loss.backward()
-        self._opt.step()
+        self.optimizers()["adam"].step()
         return {"neg_bound": float(loss.detach())}
 
     # --- sampling ------------------------------------------------------------------------

@@ -43,14 +43,10 @@ class GAN(ImplicitGenerator):
     """GAN with MLP players: ``gen`` (latent -> d logits), ``disc`` (d -> 1 logit)."""
 
     Config = GANConfig
-    input_kind = "binary"
 
     def __init__(self, data_dim: int, config: GANConfig):
         super().__init__(data_dim, config)
         self.gen, self.disc = self.build_players(data_dim, config)
-        betas = (config.beta1, 0.999)
-        self._opt_g = torch.optim.Adam(self.gen.parameters(), lr=config.lr_g, betas=betas)
-        self._opt_d = torch.optim.Adam(self.disc.parameters(), lr=config.lr_d, betas=betas)
 
     def build_players(self, data_dim: int, config: GANConfig) -> tuple[nn.Module, nn.Module]:
         """(generator: (n, latent) -> (n, d) logits, discriminator: (n, d) -> (n, 1) logit)."""
@@ -61,8 +57,10 @@ class GAN(ImplicitGenerator):
     def generate(self, z: Tensor) -> Tensor:
         return torch.sigmoid(self.gen(z))
 
-    def optimizers(self):
-        return {"generator": self._opt_g, "discriminator": self._opt_d}
+    def make_optimizers(self):
+        cfg, betas = self.config, (self.config.beta1, 0.999)
+        return {"generator": torch.optim.Adam(self.gen.parameters(), lr=cfg.lr_g, betas=betas),
+                "discriminator": torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=betas)}
 
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         n = x.shape[0]
@@ -72,14 +70,14 @@ class GAN(ImplicitGenerator):
             real_logit, fake_logit = self.disc(x).squeeze(1), self.disc(fake).squeeze(1)
             # -[log D(x) + log(1 - D(g(z)))] = softplus(-d(x)) + softplus(d(g(z)))
             loss_d = F.softplus(-real_logit).mean() + F.softplus(fake_logit).mean()
-            self._opt_d.zero_grad()
+            self.optimizers()["discriminator"].zero_grad()
             loss_d.backward()
-            self._opt_d.step()
+            self.optimizers()["discriminator"].step()
         fake_logit = self.disc(self.generate(self.latent(n, generator))).squeeze(1)
         loss_g = F.softplus(-fake_logit).mean()            # non-saturating: -log D(g(z))
-        self._opt_g.zero_grad()
+        self.optimizers()["generator"].zero_grad()
         loss_g.backward()
-        self._opt_g.step()
+        self.optimizers()["generator"].step()
         with torch.no_grad():
             d_real = torch.sigmoid(real_logit).mean()
             d_fake = torch.sigmoid(fake_logit).mean()

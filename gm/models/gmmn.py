@@ -63,21 +63,17 @@ class GMMN(ImplicitGenerator):
     """GMMN in data space, or on an autoencoder's code (GMMN+AE)."""
 
     Config = GMMNConfig
-    input_kind = "binary"
 
     def __init__(self, data_dim: int, config: GMMNConfig):
         super().__init__(data_dim, config)
         code = config.space == "code"
         out = config.code_dim if code else data_dim
         self.gen = mlp([config.latent_dim, *config.hidden, out])
-        self._opt = torch.optim.Adam(self.gen.parameters(), lr=config.lr)
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.int64))
         if code:
             h = list(config.ae_hidden)
             self.encoder = mlp([data_dim, *h, config.code_dim])
             self.decoder = mlp([config.code_dim, *h[::-1], data_dim])
-            self._opt_ae = torch.optim.Adam([*self.encoder.parameters(),
-                                             *self.decoder.parameters()], lr=config.lr)
 
     @property
     def in_code_space(self) -> bool:
@@ -91,8 +87,12 @@ class GMMN(ImplicitGenerator):
         out = torch.sigmoid(self.gen(z))
         return torch.sigmoid(self.decoder(out)) if self.in_code_space else out
 
-    def optimizers(self):
-        return {"gmmn": self._opt, **({"autoencoder": self._opt_ae} if self.in_code_space else {})}
+    def make_optimizers(self):
+        opts = {"gmmn": torch.optim.Adam(self.gen.parameters(), lr=self.config.lr)}
+        if self.in_code_space:
+            opts["autoencoder"] = torch.optim.Adam([*self.encoder.parameters(),
+                                                    *self.decoder.parameters()], lr=self.config.lr)
+        return opts
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         self.epochs_done += 1
@@ -103,9 +103,9 @@ class GMMN(ImplicitGenerator):
         if self.in_code_space and int(self.epochs_done) < cfg.ae_epochs:
             loss = F.binary_cross_entropy_with_logits(self.decoder(self.encode(x)), x,
                                                       reduction="none").sum(1).mean()
-            self._opt_ae.zero_grad()
+            self.optimizers()["autoencoder"].zero_grad()
             loss.backward()
-            self._opt_ae.step()
+            self.optimizers()["autoencoder"].step()
             return {"ae_loss": float(loss.detach())}
         if self.in_code_space:
             with torch.no_grad():
@@ -114,7 +114,7 @@ class GMMN(ImplicitGenerator):
             target, widths = x, cfg.bandwidths
         fake = torch.sigmoid(self.gen(self.latent(x.shape[0], generator)))
         mmd = mmd_squared(target, fake, widths).clamp(min=1e-12).sqrt()
-        self._opt.zero_grad()
+        self.optimizers()["gmmn"].zero_grad()
         mmd.backward()
-        self._opt.step()
+        self.optimizers()["gmmn"].step()
         return {"mmd": float(mmd.detach())}

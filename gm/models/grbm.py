@@ -95,12 +95,6 @@ class GaussianRBM(GenerativeModel):
         self.register_buffer("scale", torch.ones(data_dim))
         self.register_buffer(  # persistent negative chains (PCD), started at the first update
             "chains", torch.zeros(config.n_chains if config.persistent else 0, data_dim))
-        groups = [{"params": [self.W, self.b, self.c]}]
-        if config.learn_sigma:   # no weight decay on the variances
-            groups.append({"params": [self.log_var], "lr": config.lr * config.sigma_lr_scale,
-                           "weight_decay": 0.0})
-        self._opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
 
     # --- conditionals and energies -------------------------------------------------------
     def _var(self, dtype=None) -> Tensor:
@@ -148,8 +142,14 @@ class GaussianRBM(GenerativeModel):
         return v
 
     # --- training ------------------------------------------------------------------------
-    def optimizers(self):
-        return {"sgd": self._opt}
+    def make_optimizers(self):
+        cfg = self.config
+        groups = [{"params": [self.W, self.b, self.c]}]
+        if cfg.learn_sigma:   # no weight decay on the variances
+            groups.append({"params": [self.log_var], "lr": cfg.lr * cfg.sigma_lr_scale,
+                           "weight_decay": 0.0})
+        return {"sgd": torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay)}
 
     @torch.no_grad()
     def _init_from_data(self, x: Tensor) -> None:
@@ -173,11 +173,11 @@ class GaussianRBM(GenerativeModel):
                 self.chains.copy_(v_neg)
             else:
                 v_neg = self.gibbs(x, cfg.cd_k, generator)
-        self._opt.zero_grad(set_to_none=True)
+        self.optimizers()["sgd"].zero_grad(set_to_none=True)
         with torch.enable_grad():  # descending F(data) - F(model) ascends log p (CD / PCD)
             gap = self.free_energy(x).mean() - self.free_energy(v_neg).mean()
             gap.backward()
-        self._opt.step()
+        self.optimizers()["sgd"].step()
         with torch.no_grad():
             self.log_var.copy_(self._var().log())   # apply the floor to the parameter
             recon = self.mean_v(self.p_h(x))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, Extras, GenerativeModel
+from gm.base import Budget, EitherView, Extras, GenerativeModel, check_data_view
 from gm.config import require
 from gm.models.ae_chain import (BaseRate, ChainSampler, chain_extras, check_finite,
                                 inpainting_extras, salt_and_pepper)
@@ -43,7 +43,9 @@ class GSNConfig:
     lr: float = 1e-3                       # Adam
     sample_steps: int = 100                # chain steps before a sample
     mean_field_x: bool = False             # sampling passes P(x | h_1) on instead of a draw
+                                           # (always so on the real view)
     parzen_sigma: float = 0.32    # fallback Parzen width until fit_bandwidth chooses one
+    data_view: str = "binary"     # binary | real: the view of the dataset it trains on
 
     def __post_init__(self):
         require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden",
@@ -55,14 +57,14 @@ class GSNConfig:
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.sample_steps >= 1, "sample_steps", f"must be >= 1, got {self.sample_steps}")
         require(self.parzen_sigma > 0, "parzen_sigma", f"must be > 0, got {self.parzen_sigma}")
+        check_data_view(self.data_view)
 
 
 @register("gsn")
-class GSN(ChainSampler, GenerativeModel):
+class GSN(EitherView, ChainSampler, GenerativeModel):
     """Layer sizes (d, *hidden); weights[l] (sizes[l+1], sizes[l]), biases[l] (sizes[l],)."""
 
     Config = GSNConfig
-    input_kind = "binary"
 
     def __init__(self, data_dim: int, config: GSNConfig):
         super().__init__(data_dim, config)
@@ -74,10 +76,10 @@ class GSN(ChainSampler, GenerativeModel):
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(s)) for s in sizes)
         self.base_rate = BaseRate(data_dim)           # chains start from its draws
         self.init_parzen_sigma()                      # set by fit_bandwidth (validation)
-        self._opt = torch.optim.Adam(self.parameters(), lr=config.lr)
 
-    def optimizers(self):
-        return {"adam": self._opt}
+    def make_optimizers(self):
+        cfg = self.config
+        return {"adam": torch.optim.Adam(self.parameters(), lr=cfg.lr)}
 
     # --- the chain -----------------------------------------------------------------------
     def _noise(self, u: Tensor, generator: torch.Generator) -> Tensor:
@@ -120,7 +122,8 @@ class GSN(ChainSampler, GenerativeModel):
     def chain_step(self, state: State, generator: torch.Generator) -> tuple[State, Tensor]:
         """Sampling step: :meth:`update`, then x drawn from P(x | h_1); view = the mean (n, d)."""
         state, mean = self.update(state, generator)
-        return (mean if self.config.mean_field_x else bernoulli(mean, generator), *state[1:]), mean
+        mean_field = self.config.mean_field_x or self.config.data_view == "real"  # grey levels
+        return (mean if mean_field else bernoulli(mean, generator), *state[1:]), mean
 
     # --- training ------------------------------------------------------------------------
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
@@ -132,9 +135,9 @@ class GSN(ChainSampler, GenerativeModel):
                                                 reduction="none").sum(1).mean())
         loss = torch.stack(terms).sum()
         check_finite(loss, "gsn")
-        self._opt.zero_grad(set_to_none=True)
+        self.optimizers()["adam"].zero_grad(set_to_none=True)
         loss.backward()
-        self._opt.step()
+        self.optimizers()["adam"].step()
         return {"loss": float(loss.detach()), "recon_nll_step1": float(terms[0].detach()),
                 "recon_nll_last": float(terms[-1].detach())}
 

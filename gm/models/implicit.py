@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gm.base import Budget, GenerativeModel, LogLikelihood
+from gm.base import Budget, EitherView, GenerativeModel, LogLikelihood, check_data_view
 from gm.config import require
 from gm.estimators.decoder_ais import (DecoderAISConfig, decoder_ais_log_likelihood,
                                        gaussian_observation)
@@ -33,14 +33,16 @@ class ImplicitConfig(DecoderAISConfig):
 
     latent_dim: int = 16
     obs_std: float = 0.1       # std of the Gaussian observation model of decoder AIS
+    data_view: str = "binary"  # binary | real: the view of the dataset it trains on
 
     def __post_init__(self):
         super().__post_init__()
+        check_data_view(self.data_view)
         require(self.latent_dim >= 1, "latent_dim", f"must be >= 1, got {self.latent_dim}")
         require(self.obs_std > 0, "obs_std", f"must be > 0, got {self.obs_std}")
 
 
-class ImplicitGenerator(ParzenProxy, GenerativeModel):
+class ImplicitGenerator(EitherView, ParzenProxy, GenerativeModel):
     """Base of GAN/DCGAN/GMMN: subclasses define ``generate(z)`` (n, latent) -> (n, d) in [0, 1]."""
 
     def __init__(self, data_dim: int, config: ImplicitConfig):

@@ -78,6 +78,10 @@ class MADE(AutoregressiveModel):
             self.register_buffer(f"hidden_degrees_{l}", deg)           # (K, h)
             low = deg.min(1).values
         self.register_buffer("mask_step", torch.zeros((), dtype=torch.long))
+        # masks are a function of the degree buffers: built once per (mask, dtype, device),
+        # dropped when a checkpoint replaces the buffers
+        self._mask_cache: dict[tuple, list[Tensor]] = {}
+        self.register_load_state_dict_post_hook(lambda module, _: module._mask_cache.clear())
 
     @property
     def n_eval_masks(self) -> int:
@@ -89,11 +93,15 @@ class MADE(AutoregressiveModel):
 
     def masks(self, k: int) -> list[Tensor]:
         """The masks of every layer for mask k, each shaped like its weight (out, in)."""
-        degs = [self.input_degrees[k]] + [getattr(self, f"hidden_degrees_{l}")[k]
-                                          for l in range(len(self.config.hidden_sizes))]
-        ms = [(out[:, None] >= inp[None, :]) for inp, out in zip(degs[:-1], degs[1:])]
-        ms.append(self.input_degrees[k][:, None] > degs[-1][None, :])
-        return [m.to(self.layers[0].weight.dtype) for m in ms]
+        w = self.layers[0].weight
+        key = (k, w.dtype, w.device)
+        if key not in self._mask_cache:
+            degs = [self.input_degrees[k]] + [getattr(self, f"hidden_degrees_{l}")[k]
+                                              for l in range(len(self.config.hidden_sizes))]
+            ms = [(out[:, None] >= inp[None, :]) for inp, out in zip(degs[:-1], degs[1:])]
+            ms.append(self.input_degrees[k][:, None] > degs[-1][None, :])
+            self._mask_cache[key] = [m.to(w.dtype) for m in ms]
+        return self._mask_cache[key]
 
     def conditional_logits(self, x: Tensor, k: int = 0) -> Tensor:
         """Logits of p_k(x_i = 1 | x before i in ordering k), (n, d) -> (n, d)."""

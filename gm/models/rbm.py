@@ -92,8 +92,6 @@ class RBM(GenerativeModel):
         self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer(  # persistent negative chains (PCD), started at the first update
             "chains", torch.zeros(config.n_chains if config.persistent else 0, data_dim))
-        self._opt = torch.optim.SGD(self.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
 
     # --- conditionals and energies -------------------------------------------------------
     def p_h(self, v: Tensor) -> Tensor:
@@ -118,8 +116,10 @@ class RBM(GenerativeModel):
         return v
 
     # --- training ------------------------------------------------------------------------
-    def optimizers(self):
-        return {"sgd": self._opt}
+    def make_optimizers(self):
+        cfg = self.config
+        return {"sgd": torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay)}
 
     def base_rate(self) -> Tensor:
         """Training-data pixel means, clipped to [0.005, 0.995] (n_visible,)."""
@@ -130,22 +130,22 @@ class RBM(GenerativeModel):
         cfg = self.config
         observe_batch(x, self.data_sum, self.data_count, self.b)
         ph_data = self.p_h(x)
+        pv_recon = self.p_v(bernoulli(ph_data, generator))   # P(v | h), h ~ P(h | data)
         if cfg.persistent:
             if self.data_count == x.shape[0]:  # first update: chains from the base rate
                 self.chains.copy_(bernoulli(self.base_rate().expand_as(self.chains), generator))
             v_neg = self.gibbs(self.chains, cfg.cd_k, generator)
             self.chains.copy_(v_neg)
-        else:  # CD-k: the first half-step reuses P(h | data)
-            v_neg = bernoulli(self.p_v(bernoulli(ph_data, generator)), generator)
-            v_neg = self.gibbs(v_neg, cfg.cd_k - 1, generator)
+        else:  # CD-k: the reconstruction is the chain's first half-step
+            v_neg = self.gibbs(bernoulli(pv_recon, generator), cfg.cd_k - 1, generator)
         ph_neg = self.p_h(v_neg)
-        recon_error = float(((x - self.p_v(ph_data)) ** 2).sum(1).mean())
+        recon_error = float(((x - pv_recon) ** 2).sum(1).mean())  # 5 matmuls per CD-1 step
         n, m = x.shape[0], v_neg.shape[0]
         # gradient of the negative log-likelihood (descended by the optimiser)
         self.W.grad = -(x.T @ ph_data / n - v_neg.T @ ph_neg / m)
         self.b.grad = -(x.mean(0) - v_neg.mean(0))
         self.c.grad = -(ph_data.mean(0) - ph_neg.mean(0))
-        self._opt.step()
+        self.optimizers()["sgd"].step()
         return {"recon_error": recon_error}
 
     # --- sampling ------------------------------------------------------------------------
@@ -229,7 +229,7 @@ class RBMAnnealingPath:
     """
 
     def __init__(self, rbm: RBM, base_rate: Tensor):
-        self.W, self.b, self.c = rbm.W.double(), rbm.b.double(), rbm.c.double()
+        self.W, self.b, self.c = (t.detach().double() for t in (rbm.W, rbm.b, rbm.c))
         p = base_rate.double()
         self.b_a = torch.log(p / (1 - p))
 
@@ -244,6 +244,18 @@ class RBMAnnealingPath:
                 + F.softplus(beta * (v @ self.W + self.c)).sum(1))
 
     def transition(self, v: Tensor, beta: float, generator: torch.Generator) -> Tensor:
-        h = bernoulli(torch.sigmoid(beta * (v @ self.W + self.c)), generator)
+        return self._move(v @ self.W + self.c, beta, generator)
+
+    def _move(self, act: Tensor, beta: float, generator: torch.Generator) -> Tensor:
+        """v -> h -> v' at beta, given the hidden activations act = v W + c (M, H)."""
+        h = bernoulli(torch.sigmoid(beta * act), generator)
         return bernoulli(torch.sigmoid((1 - beta) * self.b_a + beta * (self.b + h @ self.W.T)),
                          generator)
+
+    def ais_step(self, v: Tensor, beta_prev: float, beta: float, generator: torch.Generator,
+                 move: bool = True) -> tuple[Tensor, Tensor]:
+        """log_f(v, beta) - log_f(v, beta_prev) and the transition at beta, with one v W."""
+        act = v @ self.W + self.c
+        delta = ((beta - beta_prev) * (v @ (self.b - self.b_a))
+                 + (F.softplus(beta * act) - F.softplus(beta_prev * act)).sum(1))
+        return delta, self._move(act, beta, generator) if move else v

@@ -68,7 +68,6 @@ class SBN(GenerativeModel):
         self.prior_logits = nn.Parameter(torch.zeros(config.hidden[-1]))
         self.baseline_net = mlp([data_dim, config.baseline_hidden, 1], nn.Tanh)
         self.baseline = RunningBaseline(config.baseline_decay)
-        self._opt = torch.optim.Adam(self.parameters(), lr=config.lr)
 
     @property
     def latent_bits(self) -> int:
@@ -114,17 +113,18 @@ class SBN(GenerativeModel):
         return layers[0], layers[1:]
 
     # --- training ------------------------------------------------------------------------
-    def optimizers(self):
-        return {"adam": self._opt}
+    def make_optimizers(self):
+        cfg = self.config
+        return {"adam": torch.optim.Adam(self.parameters(), lr=cfg.lr)}
 
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         if self.config.method == "wake_sleep":
             loss, metrics = self._wake_sleep_loss(x, generator)
         else:
             loss, metrics = self._nvil_loss(x, generator)
-        self._opt.zero_grad()
+        self.optimizers()["adam"].zero_grad()
         loss.backward()
-        self._opt.step()
+        self.optimizers()["adam"].step()
         return metrics
 
     def _wake_sleep_loss(self, x: Tensor, generator: torch.Generator):

@@ -70,7 +70,6 @@ class VAE(GenerativeModel):
         k, h = config.latent_dim, list(config.hidden)
         self.encoder = mlp([data_dim, *h, 2 * k])
         self.decoder = mlp([k, *h[::-1], data_dim])
-        self._opt = torch.optim.Adam(self.parameters(), lr=config.lr)
 
     # --- the two halves --------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,14 +91,14 @@ class VAE(GenerativeModel):
         return self.log_lik(x, z) + self.log_prior(z) - normal_log_prob(z, mean, log_std)
 
     # --- training ------------------------------------------------------------------------
-    def optimizers(self):
-        return {"adam": self._opt}
+    def make_optimizers(self):
+        return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
 
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         bound = iwae_bound(self.log_weights(x, self.config.iwae_k, generator)).mean()
-        self._opt.zero_grad()
+        self.optimizers()["adam"].zero_grad()
         (-bound).backward()
-        self._opt.step()
+        self.optimizers()["adam"].step()
         return {"bound": float(bound.detach())}
 
     # --- sampling ------------------------------------------------------------------------
@@ -146,7 +145,6 @@ class GaussianVAE(VAE):
     def __init__(self, data_dim: int, config: VAEConfig):
         super().__init__(data_dim, config)
         self.log_std = nn.Parameter(torch.full((data_dim,), math.log(0.1)))
-        self._opt = torch.optim.Adam(self.parameters(), lr=config.lr)
 
     def _decoder_log_std(self) -> Tensor:
         return self.log_std.clamp(min=math.log(self.config.min_std))
