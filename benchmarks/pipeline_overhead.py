@@ -44,8 +44,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "dvc.yaml"):
         shutil.copy(ROOT / name, work / name)
-    shutil.copytree(ROOT / "pipeline", work / "pipeline", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pipeline", "configs"):      # configs/published.csv is an input of the report
+        shutil.copytree(ROOT / name, work / name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                GM_PROGRESS="0", GM_TORCH_THREADS=str(args.threads))
