@@ -62,6 +62,16 @@ def test_mlflow_run_has_params_curves_metrics_and_artifacts(snakemake_run):
     _ = mlflow
 
 
+def test_evaluation_restores_without_optimisers_or_dynamo(snakemake_run):
+    """Optimisers are built on first use: restoring a model for evaluation imports neither
+    torch._dynamo (pulled in by torch.optim, ~1.5 s) nor MLflow."""
+    code = ("import sys\nfrom pipeline import checkpoint\n"
+            "state = checkpoint.load_state('results/bars_stripes/rbm/seed0/model.pt')\n"
+            "m = checkpoint.restore(state, 'cpu', optimizers=False)\n"
+            "print(sorted(k for k in ('torch._dynamo', 'mlflow') if k in sys.modules))")
+    assert run(["python", "-c", code], snakemake_run).stdout.strip() == "[]"
+
+
 def test_same_seed_same_numbers(snakemake_run):
     path = snakemake_run
     f = path / "results/bars_stripes/rbm/seed0/eval.json"
