@@ -239,14 +239,16 @@ def pending_runs(root: Path = Path("results")) -> list[Path]:
 
 def replay_all(dirs: list[Path] | None = None) -> list[Path]:
     """Send the pending calls of ``dirs`` (default: every run dir that has some); returns the
-    dirs still pending afterwards (store unreachable)."""
-    left = []
-    for d in pending_runs() if dirs is None else dirs:
+    dirs still pending afterwards.  The first dir whose calls stay pending (store unreachable,
+    after its retries) ends the pass: the others are not tried, so an outage costs seconds,
+    not seconds per run."""
+    dirs = pending_runs() if dirs is None else list(dirs)
+    for i, d in enumerate(dirs):
         ds, model, seed = d.parts[-3], d.parts[-2], int(d.parts[-1].removeprefix("seed"))
         RunLogger(d, ds, model, seed, create=False)
         if (d / PENDING).exists():
-            left.append(d)
-    return left
+            return dirs[i:]
+    return []
 
 
 def main(argv=None) -> int:

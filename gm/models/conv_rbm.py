@@ -35,40 +35,26 @@ from gm.errors import ConfigError
 from gm.estimators.ais import ais_log_z, beta_schedule
 from gm.estimators.exact import enumerate_log_z
 from gm.estimators.raise_ais import ais_sandwich, raise_log_likelihood, sandwich_estimates
-from gm.models.rbm import base_rate, base_rate_logit, bernoulli
+from gm.models.rbm import CDConfig, base_rate, base_rate_logit, bernoulli
 from gm.registry import register
 
 
 @dataclass(frozen=True)
-class ConvRBMConfig:
+class ConvRBMConfig(CDConfig):
     n_filters: int = 16
     filter_size: int = 3
     pool: int = 2                 # C: probabilistic max-pooling block side (1 = no pooling)
     image_shape: tuple[int, ...] = ()   # (H, W); empty = square image of side sqrt(data_dim)
     shared_visible_bias: bool = False   # one visible bias (Lee et al.) or one per pixel
-    lr: float = 0.05
-    cd_k: int = 1
-    persistent: bool = False      # PCD: negative chains carried across updates
-    n_chains: int = 100
-    momentum: float = 0.5
-    weight_decay: float = 1e-4
-    init_std: float = 0.01
-    sample_steps: int = 1000
     raise_chains: int = 1         # reverse-AIS chains per test example (0: forward AIS only)
 
     def __post_init__(self):
+        super().__post_init__()
         require(self.n_filters >= 1, "n_filters", f"must be >= 1, got {self.n_filters}")
         require(self.filter_size >= 1, "filter_size", f"must be >= 1, got {self.filter_size}")
         require(self.pool >= 1, "pool", f"must be >= 1, got {self.pool}")
         require(len(self.image_shape) in (0, 2) and all(s >= 1 for s in self.image_shape),
                 "image_shape", f"must be [] or [H, W] with H, W >= 1, got {self.image_shape}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.cd_k >= 1, "cd_k", f"must be >= 1, got {self.cd_k}")
-        require(self.n_chains >= 1, "n_chains", f"must be >= 1, got {self.n_chains}")
-        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
-        require(self.sample_steps >= 1, "sample_steps", f"must be >= 1, got {self.sample_steps}")
         require(self.raise_chains >= 0, "raise_chains", f"must be >= 0, got {self.raise_chains}")
 
 

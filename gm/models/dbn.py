@@ -22,25 +22,21 @@ from torch import Tensor, nn
 from gm.base import Budget, GenerativeModel, LogLikelihood
 from gm.config import require
 from gm.estimators.importance import importance_log_likelihood
-from gm.models.rbm import RBM, RBMConfig
+from gm.models.rbm import RBM, CDConfig, RBMConfig
 from gm.ops import bernoulli
 from gm.registry import register
 
 
 @dataclass(frozen=True)
-class DBNConfig:
+class DBNConfig(CDConfig):
+    """Layer sizes and greedy schedule; the CDConfig fields train every layer's RBM
+    (sample_steps: Gibbs steps in the top RBM per sample() chain)."""
+
     hidden: tuple[int, ...] = (32, 16)       # sizes of h_1 ... h_L (2 or 3 layers)
     layer_epochs: tuple[int, ...] = (10, 10)  # greedy schedule; the top layer keeps training after
-    lr: float = 0.05
-    cd_k: int = 1
-    persistent: bool = False
-    n_chains: int = 100
-    momentum: float = 0.5
-    weight_decay: float = 1e-4
-    init_std: float = 0.01
-    sample_steps: int = 1000      # Gibbs steps in the top RBM per sample() chain
 
     def __post_init__(self):
+        super().__post_init__()
         require(2 <= len(self.hidden) <= 4 and all(h >= 1 for h in self.hidden), "hidden",
                 f"must be 2 to 4 positive layer sizes, got {self.hidden}")
         require(len(self.layer_epochs) == len(self.hidden)
@@ -49,10 +45,7 @@ class DBNConfig:
                 f"got {self.layer_epochs}")
 
     def rbm_config(self, n_hidden: int) -> RBMConfig:
-        return RBMConfig(n_hidden=n_hidden, lr=self.lr, cd_k=self.cd_k,
-                         persistent=self.persistent, n_chains=self.n_chains,
-                         momentum=self.momentum, weight_decay=self.weight_decay,
-                         init_std=self.init_std, sample_steps=self.sample_steps)
+        return RBMConfig(n_hidden=n_hidden, **self.cd_fields())
 
 
 def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:

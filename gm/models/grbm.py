@@ -39,6 +39,7 @@ from gm.config import require
 from gm.estimators.ais import ais_log_z, beta_schedule
 from gm.estimators.exact import enumerate_log_z
 from gm.estimators.raise_ais import ais_sandwich, raise_log_likelihood, sandwich_estimates
+from gm.models.rbm import RBMConfig
 from gm.ops import bernoulli
 from gm.registry import register
 
@@ -46,34 +47,20 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass(frozen=True)
-class GRBMConfig:
-    n_hidden: int = 16
+class GRBMConfig(RBMConfig):
     lr: float = 0.005
+    persistent: bool = True       # PCD: negative chains carried across updates
     sigma_lr_scale: float = 0.1   # lr of log sigma^2 relative to lr (Cho et al. 2011, sec. 4)
     learn_sigma: bool = True
     min_sigma: float = 0.01       # floor of sigma in data units (digits' quantisation noise ~0.017)
     min_scale: float = 0.1        # floor of the standardising scale in data units
-    cd_k: int = 1
-    persistent: bool = True       # PCD: negative chains carried across updates
-    n_chains: int = 100
-    momentum: float = 0.5
-    weight_decay: float = 1e-4
-    init_std: float = 0.01
-    sample_steps: int = 1000      # Gibbs steps per sample() chain
-    raise_chains: int = 5         # reverse-AIS chains per test example (RAISE sandwich)
 
     def __post_init__(self):
-        require(self.n_hidden >= 1, "n_hidden", f"must be >= 1, got {self.n_hidden}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        super().__post_init__()
         require(self.sigma_lr_scale >= 0, "sigma_lr_scale",
                 f"must be >= 0, got {self.sigma_lr_scale}")
         require(self.min_sigma > 0, "min_sigma", f"must be > 0, got {self.min_sigma}")
         require(self.min_scale > 0, "min_scale", f"must be > 0, got {self.min_scale}")
-        for name in ("cd_k", "n_chains", "sample_steps", "raise_chains"):
-            v = getattr(self, name)
-            require(v >= 1, name, f"must be >= 1, got {v}")
-        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
 
 
 @register("grbm")

@@ -7,6 +7,7 @@ enough, else estimated by AIS from a base-rate model (Salakhutdinov & Murray 200
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -24,8 +25,10 @@ from gm.registry import register
 
 
 @dataclass(frozen=True)
-class RBMConfig:
-    n_hidden: int = 16
+class CDConfig:
+    """Training fields of the RBM family (rbm, grbm, conv_rbm, dbn): CD-k or PCD with
+    momentum and L2 weight decay (Hinton 2010), Gibbs sampling for sample()."""
+
     lr: float = 0.05
     cd_k: int = 1
     persistent: bool = False      # PCD: negative chains carried across updates
@@ -34,16 +37,29 @@ class RBMConfig:
     weight_decay: float = 1e-4
     init_std: float = 0.01
     sample_steps: int = 1000      # Gibbs steps per sample() chain
+
+    def __post_init__(self):
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        for name in ("cd_k", "n_chains", "sample_steps"):
+            v = getattr(self, name)
+            require(v >= 1, name, f"must be >= 1, got {v}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
+
+    def cd_fields(self) -> dict:
+        """The CDConfig fields of this config, by name (e.g. for a DBN's layer RBMs)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(CDConfig)}
+
+
+@dataclass(frozen=True)
+class RBMConfig(CDConfig):
+    n_hidden: int = 16
     raise_chains: int = 5         # reverse-AIS chains per test example (RAISE sandwich)
 
     def __post_init__(self):
+        super().__post_init__()
         require(self.n_hidden >= 1, "n_hidden", f"must be >= 1, got {self.n_hidden}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.cd_k >= 1, "cd_k", f"must be >= 1, got {self.cd_k}")
-        require(self.n_chains >= 1, "n_chains", f"must be >= 1, got {self.n_chains}")
-        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        require(self.sample_steps >= 1, "sample_steps", f"must be >= 1, got {self.sample_steps}")
         require(self.raise_chains >= 1, "raise_chains", f"must be >= 1, got {self.raise_chains}")
 
 
