@@ -1,7 +1,7 @@
 # gm-bench: the experiment DAG.  Thin on purpose: every rule is one `python -m pipeline.<stage>`
 # line, identical to the stage of the same name in dvc.yaml (tests/test_dag_parity.py checks it).
 import os
-from pipeline.params import validate, runs
+from pipeline.params import canonical, evaluate_settings, runs, train_settings, validate
 
 configfile: "params.yaml"
 validate(config)  # one clear error naming the field, before anything runs
@@ -18,8 +18,14 @@ onerror:  # with --keep-going: report what finished and mark what failed
     shell("python -m pipeline.report 2> logs/report-onerror.log || true")
 
 
-def model_params(w):
-    return config["models"][w.model]
+# Rerun triggers: the values a stage reads, in a canonical (key-sorted) form, so reordering
+# params.yaml reruns nothing; train never depends on evaluation settings.
+def train_params(w):
+    return canonical(train_settings(config, w.model))
+
+
+def evaluate_params(w):
+    return canonical(evaluate_settings(config, w.model))
 
 
 EVALS = expand(RUN_DIR + "/eval.json", zip, dataset=[r[0] for r in RUNS],
@@ -60,7 +66,7 @@ rule classifier:
 rule train:
     input: "data/processed/{dataset}.npz", "pipeline/train.py"
     output: RUN_DIR + "/model.pt", RUN_DIR + "/train.json"
-    params: hp=model_params, seed=config["seed"], device=config.get("device", "auto")
+    params: hp=train_params, seed=config["seed"], device=config.get("device", "auto")
     resources: gpu=GPUS, runtime=120, mem_mb=4000
     log: "logs/train/{dataset}-{model}-seed{seed}.log"
     shell: "python -m pipeline.train --dataset {wildcards.dataset} --model {wildcards.model} --seed {wildcards.seed} 2> {log}"
@@ -69,7 +75,7 @@ rule train:
 rule evaluate:
     input: RUN_DIR + "/model.pt", RUN_DIR + "/train.json", "results/{dataset}/classifier.pt", "pipeline/evaluate.py"
     output: RUN_DIR + "/eval.json", RUN_DIR + "/samples.png"
-    params: hp=model_params, evaluate=config.get("evaluate", {})
+    params: budget=evaluate_params
     resources: gpu=GPUS, runtime=60, mem_mb=4000
     log: "logs/evaluate/{dataset}-{model}-seed{seed}.log"
     shell: "python -m pipeline.evaluate --dataset {wildcards.dataset} --model {wildcards.model} --seed {wildcards.seed} 2> {log}"

@@ -1,41 +1,58 @@
 """The interface every generative model honours, and what ``log_likelihood`` returns."""
 from __future__ import annotations
 
-import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from gm.config import require
+from gm.config import Checked, ranged, require
 
 Kind = Literal["exact", "estimate", "lower_bound", "upper_bound", "proxy"]
-KINDS: tuple[str, ...] = ("exact", "estimate", "lower_bound", "upper_bound", "proxy")
+KINDS: tuple[str, ...] = typing.get_args(Kind)   # the one list of likelihood kinds
+
+
+def mean_variance(values: Tensor) -> float:
+    """Sampling variance of the mean of per-example values (n,): var / n, 0 for n < 2."""
+    n = values.numel()
+    return float(values.double().var()) / n if n > 1 else 0.0
+
+
+def mean_stderr(values: Tensor) -> float:
+    """Standard error of the mean of per-example values (n,): std / sqrt(n), 0 for n < 2."""
+    return math.sqrt(mean_variance(values))
 
 
 @dataclass(frozen=True)
-class Budget:
-    """How much compute the likelihood estimators may spend (params.yaml ``evaluate:``).
+class Budget(Checked):
+    """Every evaluation setting of the estimators (params.yaml ``evaluate:``, merged with a
+    model's ``models.<m>.evaluate:`` overrides).  Model configs hold only what shapes the model
+    and its training, so changing a budget reruns evaluation, never training.
 
     Each model reads the fields its estimator needs and ignores the rest.
     """
 
-    exact_max_bits: int = 20        # enumerate at most 2**exact_max_bits states
-    ais_chains: int = 100           # independent AIS runs (Salakhutdinov & Murray 2008)
-    ais_betas: int = 1000           # intermediate distributions
+    exact_max_bits: int = ranged(20, ge=1)     # enumerate at most 2**exact_max_bits states
+    ais_chains: int = ranged(100, ge=1)        # independent AIS runs (Salakhutdinov & Murray 2008)
+    ais_betas: int = ranged(1000, ge=1)        # intermediate distributions
     ais_schedule: Literal["linear", "sigmoid", "geometric"] = "sigmoid"
-    importance_samples: int = 1000  # k of the IWAE / importance-sampling estimate
-    parzen_samples: int = 10000     # samples of the Parzen-window proxy (Goodfellow et al. 2014)
-    batch_size: int = 500           # test examples per evaluation batch
-
-    def __post_init__(self):
-        from gm.config import require
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, int) and not isinstance(v, bool):
-                require(v >= 1, f.name, f"must be >= 1, got {v}")
+    raise_chains: int = ranged(5, ge=0)        # reverse-AIS chains per test example (Burda et
+                                               # al. 2015); 0: forward AIS without the sandwich
+    importance_samples: int = ranged(1000, ge=1)  # k of the IWAE / importance-sampling estimate
+    decoder_ais_chains: int = ranged(4, ge=1)  # decoder AIS (Wu et al. 2017): chains per example
+    decoder_ais_betas: int = ranged(100, ge=1)    # its intermediate distributions
+    decoder_ais_leapfrog: int = ranged(5, ge=1)   # its leapfrog steps per HMC move
+    parzen_samples: int = ranged(10000, ge=1)  # samples of the Parzen proxy (Goodfellow et al. 2014)
+    parzen_sigma: float | None = ranged(None, gt=0)  # fixed Parzen width when none was chosen
+                                               # on validation (None: two-fold cross-fit)
+    ensemble_masks: int = ranged(0, ge=0)      # MADE: masks averaged at test time (0: all)
+    bound_samples: int = ranged(4, ge=1)       # diffusion: draws of x_t per (example, t)
+    exact_chunk: int = ranged(4096, ge=1)      # latent states per block of an exact enumeration
+    n_continuations: int = ranged(6, ge=1)     # sequence models: test sequences continued
+    batch_size: int = ranged(500, ge=1)        # test examples per evaluation batch
 
 
 @dataclass
@@ -72,9 +89,25 @@ class LogLikelihood:
     @property
     def stderr(self) -> float:
         """Standard error of :attr:`mean`: over examples, plus :attr:`shared_stderr`."""
-        n = self.values.numel()
-        sample_var = float(self.values.var()) / n if n > 1 else 0.0
-        return math.sqrt(sample_var + self.shared_stderr**2)
+        return math.sqrt(mean_variance(self.values) + self.shared_stderr**2)
+
+    def summary(self) -> dict:
+        """Plain record: mean, stderr, method, kind, n and (if any) info."""
+        out = {"mean": self.mean, "stderr": self.stderr, "method": self.method,
+               "kind": self.kind, "n": int(self.values.numel())}
+        if self.info:
+            out["info"] = {k: float(v) for k, v in self.info.items()}
+        return out
+
+    def bounds_summary(self) -> dict | None:
+        """{"lower": {mean, stderr}, "upper": {mean, stderr}, "gap"} when the estimator gave
+        both sides of a sandwich, else None."""
+        if not {"lower", "upper"} <= set(self.bounds):
+            return None
+        rec = {side: {"mean": float(self.bounds[side].mean()),
+                      "stderr": mean_stderr(self.bounds[side])} for side in ("lower", "upper")}
+        rec["gap"] = rec["upper"]["mean"] - rec["lower"]["mean"]
+        return rec
 
     @staticmethod
     def concat(parts: list["LogLikelihood"]) -> "LogLikelihood":
@@ -164,6 +197,22 @@ class GenerativeModel(nn.Module):
                        budget: Budget) -> LogLikelihood:
         """Per-example log p(x) (or a labelled bound/proxy) for x of shape (n, data_dim)."""
         raise NotImplementedError
+
+    def prepare_evaluation(self, x_val: Tensor, *, generator: torch.Generator,
+                           budget: Budget) -> None:
+        """Called by evaluation once before ``log_likelihood`` with validation data x_val
+        (n, data_dim), e.g. to choose a Parzen bandwidth on it.  Default: nothing."""
+
+    def annealing_path(self):
+        """The AIS annealing path from a tractable base to this model (an object with
+        ``base_log_z``, ``base_sample``, ``log_f``, ``transition``, see
+        :mod:`gm.estimators.ais`), or None for a model not scored by AIS."""
+        return None
+
+    def exact_log_z(self, budget: Budget) -> float | None:
+        """Exact log Z by enumeration when at most 2**budget.exact_max_bits states are summed,
+        else (and for models without a partition function) None."""
+        return None
 
     def validation_estimates(self, x: Tensor, *, generator: torch.Generator,
                              budget: Budget) -> dict[str, LogLikelihood]:

@@ -25,13 +25,13 @@ def register(name: str):
 
 
 def _load_all() -> None:
-    """Import every module of gm.models once, so their decorators run."""
+    """Import every module of gm.models and its family packages once, so their decorators run."""
     global _loaded
     if _loaded:
         return
     import gm.models as pkg
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"gm.models.{mod.name}")
+    for mod in pkgutil.walk_packages(pkg.__path__, "gm.models."):
+        importlib.import_module(mod.name)
     _loaded = True
 
 
@@ -43,13 +43,14 @@ def model_names() -> list[str]:
 def model_class(name: str) -> type:
     _load_all()
     if name not in _MODELS:
-        raise ConfigError(f"models.{name}", "unknown model",
+        raise ConfigError("model", f"unknown model {name!r}",
                           "known models: " + ", ".join(sorted(_MODELS)))
     return _MODELS[name]
 
 
 def build(name: str, data_dim: int, **hparams):
-    """Build model ``name`` for ``data_dim``-dimensional data from its hyperparameters."""
+    """Build model ``name`` for ``data_dim``-dimensional data from its hyperparameters
+    (errors name the config field; the pipeline adds the params.yaml path)."""
     cls = model_class(name)
-    config = make_config(cls.Config, hparams, f"models.{name}.model")
+    config = make_config(cls.Config, hparams)
     return cls(data_dim, config)

@@ -10,7 +10,8 @@ from gm.config import config_dict
 from gm.errors import CheckpointError
 from gm.io import atomic_path
 
-FORMAT = "gm-bench/1"
+FORMAT = "gm-bench/2"     # 2: evaluation settings left the model configs; shared BaseRate buffers
+OLD_FORMATS = ("gm-bench/1",)
 
 
 def save(path: Path, model: gm.GenerativeModel, *, epoch: int, extra: dict | None = None) -> None:
@@ -34,6 +35,9 @@ def load_state(path: Path, *, expect_model: str | None = None) -> dict:
     except Exception as err:  # torch raises many types for corrupt/foreign pickles
         raise CheckpointError(f"{path}: not a readable gm-bench checkpoint ({type(err).__name__}: "
                               f"{str(err)[:200]}); delete it and rerun training") from None
+    if isinstance(state, dict) and state.get("format") in OLD_FORMATS:
+        raise CheckpointError(f"{path}: written by an older gm-bench (format {state['format']}, "
+                              f"this version reads {FORMAT}); delete it and rerun training")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: foreign checkpoint (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r}, "
                               f"expected {FORMAT}); delete it and rerun training")

@@ -6,33 +6,32 @@ field name (e.g. ``models.rbm.model.n_hidden: must be >= 1, got 0``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
 import yaml
 
 from gm.base import Budget
-from gm.config import make_config, require
+from gm.config import make_config, prefixed, ranged, require
 from gm.data import dataset_names, dataset_spec
 from gm.errors import ConfigError
 from gm.registry import model_class, model_names
 
 TOP_KEYS = {"seed", "seeds", "device", "datasets", "evaluate", "runs", "models"}
 TRAIN_KEYS = {"epochs", "batch_size", "checkpoint_every"}
+BLOCK_KEYS = ("base", "train", "model", "evaluate")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig(Budget):
-    """params.yaml ``evaluate:``: the estimator budget plus sample-metric settings."""
+    """params.yaml ``evaluate:`` (with a model's ``models.<m>.evaluate:`` merged over it):
+    the estimator budget plus sample-metric settings."""
 
-    n_samples: int = 1000        # samples drawn per model for the grid and sample metrics
-    n_bootstrap: int = 200       # bootstrap resamples for metric confidence intervals
-    ais_convergence: tuple[int, ...] = (10, 100, 1000)  # betas counts of the AIS figure ([] = off)
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(all(k >= 1 for k in self.ais_convergence), "ais_convergence",
-                f"counts must be >= 1, got {list(self.ais_convergence)}")
+    n_samples: int = ranged(1000, ge=1)     # samples per model for the grid and sample metrics
+    n_bootstrap: int = ranged(200, ge=1)    # bootstrap resamples for metric confidence intervals
+    ais_convergence: tuple[int, ...] = ranged((10, 100, 1000), ge=1, each=True)
+    # ^ AIS log Z at these numbers of distributions (report figure; [] = off)
 
     def budget(self) -> Budget:
         return Budget(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Budget)})
@@ -79,6 +78,7 @@ def validate(params: dict) -> dict:
     models = _mapping(params["models"], "models")
     for name, block in models.items():
         _validate_model_block(name, _mapping(block, f"models.{name}"))
+        evaluate_config(params, name)
     runs = params["runs"]
     require(isinstance(runs, list) and len(runs) > 0, "runs",
             "must be a non-empty list of {dataset: D, model: M}")
@@ -100,8 +100,8 @@ def validate(params: dict) -> dict:
 def _validate_model_block(name: str, block: dict) -> None:
     where = f"models.{name}"
     for key in block:
-        require(key in ("base", "train", "model"), f"{where}.{key}",
-                "unknown key (known: base, model, train)")
+        require(key in BLOCK_KEYS, f"{where}.{key}",
+                "unknown key (known: " + ", ".join(sorted(BLOCK_KEYS)) + ")")
     known = model_names()
     if "base" in block:  # a variant: another setting of a registered model, under its own name
         base = block["base"]
@@ -123,8 +123,11 @@ def _validate_model_block(name: str, block: dict) -> None:
                 f"{where}.train.{key}", f"must be a positive integer, got {value!r}")
     for key in ("epochs", "batch_size"):
         require(key in train, f"{where}.train.{key}", "missing")
+    require("model" in block, f"{where}.model",
+            "missing (write model: {} for the defaults; DVC tracks this block)")
     make_config(model_class(block.get("base", name)).Config,
                 _mapping(block.get("model"), f"{where}.model"), f"{where}.model")
+    _mapping(block.get("evaluate"), f"{where}.evaluate")
 
 
 def registered_model(params: dict, name: str) -> str:
@@ -182,8 +185,38 @@ def load(path: str | Path | list | tuple = "params.yaml") -> dict:
     return validate(params)
 
 
-def evaluate_config(params: dict) -> EvaluateConfig:
-    return make_config(EvaluateConfig, params.get("evaluate"), "evaluate")
+def train_settings(params: dict, model: str) -> dict:
+    """What the train stage of run name ``model`` depends on: its ``base`` (a variant's
+    registered model), ``train:`` and ``model:`` blocks; never its ``evaluate:`` overrides."""
+    block = params["models"][model] or {}
+    return {"base": registered_model(params, model), "train": block.get("train") or {},
+            "model": block.get("model") or {}}
+
+
+def canonical(value) -> str:
+    """``value`` as key-sorted compact JSON: equal values give equal strings whatever the
+    order of keys in params.yaml (Snakemake compares a rule's params as given)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def evaluate_settings(params: dict, model: str | None = None) -> dict:
+    """The plain ``evaluate:`` settings of run name ``model``: params.yaml ``evaluate:`` with
+    ``models.<model>.evaluate:`` merged over it (None: the global settings)."""
+    settings = dict(params.get("evaluate") or {})
+    if model is not None:
+        settings |= (params["models"][model] or {}).get("evaluate") or {}
+    return settings
+
+
+def evaluate_config(params: dict, model: str | None = None) -> EvaluateConfig:
+    """The evaluation settings of run name ``model`` (see :func:`evaluate_settings`); an error
+    names the params.yaml path the bad value came from."""
+    own = ((params["models"][model] or {}).get("evaluate") or {}) if model is not None else {}
+    try:
+        return make_config(EvaluateConfig, evaluate_settings(params, model))
+    except ConfigError as err:
+        where = f"models.{model}.evaluate" if err.field.split(".")[0] in own else "evaluate"
+        raise prefixed(err, where) from None
 
 
 def runs(params: dict) -> list[tuple[str, str, int]]:

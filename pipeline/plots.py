@@ -10,10 +10,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from gm.base import KINDS  # noqa: E402
 from gm.io import atomic_path  # noqa: E402
+from pipeline.record import EvalRecord  # noqa: E402
 
-KIND_COLORS = {"exact": "#1b9e77", "estimate": "#7570b3", "lower_bound": "#d95f02",
-               "upper_bound": "#e7298a", "proxy": "#999999"}
+# one colour per likelihood kind, in the order of gm.base.KINDS
+KIND_COLORS = dict(zip(KINDS, ("#1b9e77", "#7570b3", "#d95f02", "#e7298a", "#999999"),
+                       strict=True))
 
 
 def _save(fig, path: Path) -> Path:
@@ -23,17 +26,18 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _ll_frame(evals: list[dict], ds: str) -> pd.DataFrame:
-    return pd.DataFrame([{"model": e["model"], "seed": e["seed"],
-                          "log p(x)": e["test_log_likelihood"]["mean"],
-                          "kind": e["test_log_likelihood"]["kind"],
-                          "view": e.get("data_view", "binary"),
-                          "train_seconds": e["train_seconds"],
-                          **{k: v["value"] for k, v in e.get("sample_metrics", {}).items()}}
-                         for e in evals if e["dataset"] == ds])
+def _ll_frame(evals: list[EvalRecord], ds: str) -> pd.DataFrame:
+    return pd.DataFrame([{"model": e.model, "seed": e.seed,
+                          "log p(x)": e.test_log_likelihood.mean,
+                          "kind": e.test_log_likelihood.kind,
+                          "view": e.data_view,
+                          "train_seconds": e.timing.train_seconds,
+                          **{k: m.value for k, m in e.sample_metrics.items()}}
+                         for e in evals if e.dataset == ds])
 
 
-def dataset_figures(evals: list[dict], trains: list[dict], ds: str, outdir: Path) -> dict[str, Path]:
+def dataset_figures(evals: list[EvalRecord], trains: list[dict], ds: str,
+                    outdir: Path) -> dict[str, Path]:
     """Every per-dataset figure of the report, name -> PNG path."""
     df = _ll_frame(evals, ds)
     figs: dict[str, Path] = {}
@@ -80,14 +84,12 @@ def dataset_figures(evals: list[dict], trains: list[dict], ds: str, outdir: Path
 
     conv = []
     for e in evals:
-        c = e.get("ais_convergence") if e["dataset"] == ds else None
-        if not c:
+        c = e.ais_convergence if e.dataset == ds else None
+        if c is None or not c.points:
             continue
-        exact = c["exact_log_z"]
-        ref = exact if exact is not None else c["points"][-1]["log_z"]
-        conv += [{"model": e["model"] + (" (vs exact)" if exact is not None else " (vs largest)"),
-                  "seed": e["seed"], "betas": pt["betas"], "log Z - reference": pt["log_z"] - ref}
-                 for pt in c["points"]]
+        label = " (vs exact)" if c.exact_log_z is not None else " (vs largest)"
+        conv += [{"model": e.model + label, "seed": e.seed, "betas": pt.betas,
+                  "log Z - reference": pt.log_z - c.reference} for pt in c.points]
     if conv:
         fig, ax = plt.subplots(figsize=(6, 4))
         sns.lineplot(data=pd.DataFrame(conv), x="betas", y="log Z - reference", hue="model",

@@ -4,9 +4,8 @@ Columns: dataset, model (the run name: a registered model or a variant of config
 such as rbm_cd3; rows of settings we do not run, e.g. vae_2layer, match nothing), setting
 (architecture / training in words), metric (``test_log_likelihood``: mean log p(x) per test example in nats, NOT negated;
 ``parzen_log_likelihood``: the Parzen-window proxy of Goodfellow et al. 2014), value, stderr
-(empty when the paper gives none), kind (exact | estimate | lower_bound | upper_bound | proxy,
-the vocabulary of :class:`gm.base.LogLikelihood`), source (paper, venue, table).
-Independent of ``gm`` so the table can be read without torch.
+(empty when the paper gives none), kind (one of :data:`gm.base.KINDS`, the vocabulary of
+:class:`gm.base.LogLikelihood`), source (paper, venue, table).
 """
 from __future__ import annotations
 
@@ -15,9 +14,10 @@ import math
 from functools import lru_cache
 from pathlib import Path
 
+from gm.base import KINDS
+
 TABLE = Path(__file__).resolve().parents[1] / "configs" / "published.csv"
 COLUMNS = ("dataset", "model", "setting", "metric", "value", "stderr", "kind", "source")
-KINDS = ("exact", "estimate", "lower_bound", "upper_bound", "proxy")
 METRICS = ("test_log_likelihood", "parzen_log_likelihood")
 
 

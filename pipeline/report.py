@@ -2,7 +2,8 @@
 
     python -m pipeline.report
 
-Reads results/*/*/seed*/{eval.json,train.json}; writes reports/report.md, report.html,
+Reads results/*/*/seed*/{eval.json,train.json} (eval.json as a
+:class:`pipeline.record.EvalRecord`); writes reports/report.md, report.html,
 results.csv (long: one row per dataset, model, seed, metric), metrics.json (for
 `dvc metrics show`), curves.csv (for `dvc plots show`) and figures/*.png.
 Log-likelihoods are ranked only among results of comparable kind on the same data view.
@@ -18,25 +19,29 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from gm.base import KINDS, mean_stderr
 from gm.io import atomic_path, write_json, write_text
 from pipeline import common, document, plots, published, tracking
 from pipeline.common import log
+from pipeline.record import EvalRecord, SampleMetric, sample_metrics_from
 
 OUT = Path("reports")
-# which kinds may be ranked against each other (a bound never against an estimate)
-COMPARABLE = {"exact": "likelihood", "estimate": "likelihood", "lower_bound": "lower bound",
-              "upper_bound": "upper bound", "proxy": "proxy"}
+# which kinds may be ranked against each other (a bound never against an estimate):
+# exact values and estimates of log p(x) together, every other kind among itself
+COMPARABLE = {k: "likelihood" if k in ("exact", "estimate") else k.replace("_", " ")
+              for k in KINDS}
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def collect(params: dict) -> tuple[list[dict], list[dict]]:
+def collect(params: dict) -> tuple[list[EvalRecord], list[dict]]:
     """(eval records, train records) of every run listed in params, missing ones skipped."""
     evals, trains = [], []
     for ds, model, seed in common_runs(params):
         d = common.run_dir(ds, model, seed)
         if (d / "eval.json").exists():
-            evals.append(json.loads((d / "eval.json").read_text()))
+            evals.append(EvalRecord.read(d / "eval.json"))
             trains.append(json.loads((d / "train.json").read_text()))
         else:
             log.warning("no eval.json for %s: shown as missing", d)
@@ -62,26 +67,28 @@ def common_runs(params):
     return runs(params)
 
 
-def long_table(evals: list[dict]) -> pd.DataFrame:
+def long_table(evals: list[EvalRecord]) -> pd.DataFrame:
     """One row per (dataset, model, seed, metric), with the estimator's method and kind."""
     rows = []
     for e in evals:
-        base = {"dataset": e["dataset"], "model": e["model"], "seed": e["seed"]}
-        ll = e["test_log_likelihood"]
-        rows.append(base | {"metric": "test_log_likelihood", "value": ll["mean"],
-                            "stderr": ll["stderr"], "method": ll["method"], "kind": ll["kind"]})
-        for side, rec in e.get("log_likelihood_bounds", {}).items():
-            if side in ("lower", "upper"):
-                rows.append(base | {"metric": f"test_log_likelihood_{side}", "value": rec["mean"],
-                                    "stderr": rec["stderr"], "method": ll["method"],
+        base = {"dataset": e.dataset, "model": e.model, "seed": e.seed}
+        ll = e.test_log_likelihood
+        rows.append(base | {"metric": "test_log_likelihood", "value": ll.mean,
+                            "stderr": ll.stderr, "method": ll.method, "kind": ll.kind})
+        if (b := e.log_likelihood_bounds) is not None:
+            for side, rec in (("lower", b.lower), ("upper", b.upper)):
+                rows.append(base | {"metric": f"test_log_likelihood_{side}", "value": rec.mean,
+                                    "stderr": rec.stderr, "method": ll.method,
                                     "kind": f"{side}_bound"})
-        for name, m in e.get("sample_metrics", {}).items():
-            rows.append(base | {"metric": name, "value": m["value"], "ci_low": m.get("ci_low"),
-                                "ci_high": m.get("ci_high")})
-        for name, v in e.get("extras", {}).get("metrics", {}).items():
+        for name, m in e.sample_metrics.items():
+            rows.append(base | {"metric": name, "value": m.value, "ci_low": m.ci_low,
+                                "ci_high": m.ci_high})
+        for name, v in e.extras.metrics.items():
             rows.append(base | {"metric": f"extra_{name}", "value": v})
-        for name in ("train_seconds", "eval_seconds", "n_parameters"):
-            rows.append(base | {"metric": name, "value": float(e[name])})
+        for name, v in (("train_seconds", e.timing.train_seconds),
+                        ("eval_seconds", e.timing.eval_seconds),
+                        ("n_parameters", e.n_parameters)):
+            rows.append(base | {"metric": name, "value": float(v)})
     return pd.DataFrame(rows)
 
 
@@ -90,33 +97,33 @@ def seed_interval(values: np.ndarray) -> tuple[float, float]:
     n = len(values)
     if n < 2:
         return float(values.mean()), float("nan")
-    return float(values.mean()), T95.get(n - 1, 1.96) * float(values.std(ddof=1)) / np.sqrt(n)
+    return float(values.mean()), T95.get(n - 1, 1.96) * mean_stderr(torch.from_numpy(values))
 
 
-def headline(evals: list[dict], dataset: str) -> pd.DataFrame:
+def headline(evals: list[EvalRecord], dataset: str) -> pd.DataFrame:
     """Per-model summary on one dataset: log-likelihood (mean +- 95% CI over seeds), the
     within-run stderr, estimator, kind, rank within comparable kinds, cost and size."""
     rows = []
-    by_model: dict[str, list[dict]] = {}
+    by_model: dict[str, list[EvalRecord]] = {}
     for e in evals:
-        if e["dataset"] == dataset:
-            by_model.setdefault(e["model"], []).append(e)
+        if e.dataset == dataset:
+            by_model.setdefault(e.model, []).append(e)
     for model, es in sorted(by_model.items()):
-        ll = np.array([e["test_log_likelihood"]["mean"] for e in es])
+        ll = np.array([e.test_log_likelihood.mean for e in es])
         mean, half = seed_interval(ll)
-        first = es[0]["test_log_likelihood"]
-        row = {"model": model, "view": es[0].get("data_view", "binary"),
+        first = es[0].test_log_likelihood
+        row = {"model": model, "view": es[0].data_view,
                "log p(x) [nats]": mean, "95% CI (seeds)": half,
-               "stderr (within run)": float(np.mean([e["test_log_likelihood"]["stderr"] for e in es])),
-               "estimator": first["method"], "kind": first["kind"], "seeds": len(es)}
-        bounds = [e["log_likelihood_bounds"] for e in es if "log_likelihood_bounds" in e]
+               "stderr (within run)": float(np.mean([e.test_log_likelihood.stderr for e in es])),
+               "estimator": first.method, "kind": first.kind, "seeds": len(es)}
+        bounds = [e.log_likelihood_bounds for e in es if e.log_likelihood_bounds is not None]
         if bounds:
             row["sandwich [lower, upper]"] = (
-                f"[{np.mean([b['lower']['mean'] for b in bounds]):.3f}, "
-                f"{np.mean([b['upper']['mean'] for b in bounds]):.3f}]")
-        row |= metric_cells([e.get("sample_metrics", {}) for e in es])
-        row["train s"] = float(np.mean([e["train_seconds"] for e in es]))
-        row["parameters"] = int(es[0]["n_parameters"])
+                f"[{np.mean([b.lower.mean for b in bounds]):.3f}, "
+                f"{np.mean([b.upper.mean for b in bounds]):.3f}]")
+        row |= metric_cells([e.sample_metrics for e in es])
+        row["train s"] = float(np.mean([e.timing.train_seconds for e in es]))
+        row["parameters"] = int(es[0].n_parameters)
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -137,13 +144,15 @@ HEADLINE_METRICS = ("fid", "kid", "precision", "recall", "inception_score", "mmd
                     "precision_pixel", "recall_pixel", "memorization_ratio")
 
 
-def metric_cells(records: list[dict], names=HEADLINE_METRICS) -> dict[str, str]:
+def metric_cells(records: list[dict[str, SampleMetric]],
+                 names=HEADLINE_METRICS) -> dict[str, str]:
     """"value [lo, hi]" per metric: means over seeds of the value and of its bootstrap 95% CI."""
     cells = {}
     for name in names:
         ms = [r[name] for r in records if name in r]
         if ms:
-            v, lo, hi = (float(np.mean([m[k] for m in ms])) for k in ("value", "ci_low", "ci_high"))
+            v, lo, hi = (float(np.mean([getattr(m, k) for m in ms]))
+                         for k in ("value", "ci_low", "ci_high"))
             cells[name] = f"{v:.3g} [{lo:.3g}, {hi:.3g}]"
     return cells
 
@@ -156,7 +165,8 @@ def reference_row(ds: str, view: str) -> dict | None:
     ref = json.loads(path.read_text())["reference"].get(view)
     if not ref:
         return None
-    return {"model": "reference (held-out data)", "view": view} | metric_cells([ref])
+    return {"model": "reference (held-out data)", "view": view} | metric_cells(
+        [sample_metrics_from(ref, f"{path}: reference.{view}")])
 
 
 def _fmt(df: pd.DataFrame) -> pd.DataFrame:
@@ -167,27 +177,27 @@ def _fmt(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def validation_table(evals: list[dict]) -> pd.DataFrame:
+def validation_table(evals: list[EvalRecord]) -> pd.DataFrame:
     rows = []
     for e in evals:
-        for name, v in e.get("estimator_validation", {}).items():
-            rows.append({"dataset": e["dataset"], "model": e["model"], "seed": e["seed"],
-                         "estimator": v["method"], "kind": v["kind"], "estimate": v["mean"],
-                         "stderr": v["stderr"], "reference": v["reference_method"],
-                         "reference kind": v["reference_kind"],
-                         "estimate - reference": v["difference"]})
+        for v in e.estimator_validation.values():
+            rows.append({"dataset": e.dataset, "model": e.model, "seed": e.seed,
+                         "estimator": v.estimate.method, "kind": v.estimate.kind,
+                         "estimate": v.estimate.mean, "stderr": v.estimate.stderr,
+                         "reference": v.reference_method, "reference kind": v.reference_kind,
+                         "estimate - reference": v.difference})
     return pd.DataFrame(rows)
 
 
-def published_table(evals: list[dict]) -> pd.DataFrame:
+def published_table(evals: list[EvalRecord]) -> pd.DataFrame:
     """Every published number for a (dataset, model) we ran, beside our mean over seeds."""
-    ours: dict[tuple, list[dict]] = {}
+    ours: dict[tuple, list[EvalRecord]] = {}
     for e in evals:
-        ours.setdefault((e["dataset"], e["model"]), []).append(e)
+        ours.setdefault((e.dataset, e.model), []).append(e)
     rows = []
     for (ds, model), es in sorted(ours.items()):
-        mean = float(np.mean([e["test_log_likelihood"]["mean"] for e in es]))
-        kind = es[0]["test_log_likelihood"]["kind"]
+        mean = float(np.mean([e.test_log_likelihood.mean for e in es]))
+        kind = es[0].test_log_likelihood.kind
         for pub in published.published_rows(ds, model):
             rows.append({"dataset": ds, "model": model, "ours": mean, "our kind": kind,
                          "published": pub["value"], "published kind": pub["kind"],
@@ -196,12 +206,12 @@ def published_table(evals: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def sandwich_table(evals: list[dict]) -> pd.DataFrame:
+def sandwich_table(evals: list[EvalRecord]) -> pd.DataFrame:
     """AIS sandwiches: RAISE lower and AIS upper stochastic bounds and their gap, per run."""
     return pd.DataFrame([
-        {"dataset": e["dataset"], "model": e["model"], "seed": e["seed"],
-         "lower (RAISE)": b["lower"]["mean"], "upper (AIS)": b["upper"]["mean"], "gap": b["gap"]}
-        for e in evals if (b := e.get("log_likelihood_bounds"))])
+        {"dataset": e.dataset, "model": e.model, "seed": e.seed,
+         "lower (RAISE)": b.lower.mean, "upper (AIS)": b.upper.mean, "gap": b.gap}
+        for e in evals if (b := e.log_likelihood_bounds) is not None])
 
 
 def curves(trains: list[dict]) -> pd.DataFrame:
@@ -255,15 +265,14 @@ def build(params: dict) -> list[tuple]:
         for name, fig in plots.dataset_figures(evals, trains, ds, figdir).items():
             blocks.append(("img", fig, f"{ds}: {name}"))
         blocks.append(("h", 3, f"{ds}: samples"))
-        for e in sorted((e for e in evals if e["dataset"] == ds),
-                        key=lambda e: (e["model"], e["seed"])):
-            if e["seed"] != params["seeds"][0]:
+        for e in sorted((e for e in evals if e.dataset == ds), key=lambda e: (e.model, e.seed)):
+            if e.seed != params["seeds"][0]:
                 continue
-            src = common.run_dir(ds, e["model"], e["seed"])
+            src = common.run_dir(ds, e.model, e.seed)
             for png in [src / "samples.png", *sorted(src.glob("extra_*.png"))]:
-                dst = figdir / f"{ds}-{e['model']}-{png.stem}.png"
+                dst = figdir / f"{ds}-{e.model}-{png.stem}.png"
                 shutil.copyfile(png, dst)
-                blocks.append(("img", dst, f"{e['model']} {png.stem.replace('extra_', '')}"))
+                blocks.append(("img", dst, f"{e.model} {png.stem.replace('extra_', '')}"))
     pub = published_table(evals)
     if not pub.empty:
         blocks += [("h", 2, "Published results"),

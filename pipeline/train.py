@@ -17,8 +17,9 @@ import time
 import torch
 
 import gm
+from gm.config import prefixed
 from gm.data import load_splits
-from gm.errors import DivergenceError
+from gm.errors import ConfigError, DivergenceError
 from gm.io import write_json
 from gm.progress import progress
 from gm.ops import bernoulli
@@ -72,9 +73,18 @@ def train_model(model: gm.GenerativeModel, x: torch.Tensor, *, epochs: int, batc
     return history
 
 
+def build_model(registered: str, name: str, data_dim: int, hparams: dict) -> gm.GenerativeModel:
+    """``gm.build`` of run ``name``; a config error (gm names only the field, e.g. one that
+    depends on the data's size) is given the params.yaml path ``models.<name>.model``."""
+    try:
+        return gm.build(registered, data_dim, **hparams)
+    except ConfigError as err:
+        raise prefixed(err, f"models.{name}.model") from None
+
+
 def run(args, params) -> None:
     ds, name, seed = args.dataset, args.model, args.seed
-    block = params["models"][name]
+    block = P.train_settings(params, name)          # base, train, model: never evaluate
     registered = P.registered_model(params, name)   # a variant's base, else name
     device = common.device_of(params)
     out = common.run_dir(ds, name, seed)
@@ -84,7 +94,7 @@ def run(args, params) -> None:
     every = block["train"].get("checkpoint_every", 0)
 
     torch.manual_seed(common.stage_seed(params, "init", ds, name, seed))
-    model = gm.build(registered, splits.data_dim, **block.get("model", {})).to(device)
+    model = build_model(registered, name, splits.data_dim, block["model"]).to(device)
     x = torch.as_tensor(splits.view(model.input_kind)["train"], device=device)
     dynamic = splits.binarization == "dynamic" and model.input_kind == "binary"
     g = common.stage_generator(params, "train", ds, name, seed, device)

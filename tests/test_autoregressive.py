@@ -5,7 +5,6 @@ output, samplers that match the exact probabilities, determinism and exact resum
 """
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ import gm
 from gm.base import Budget
 from gm.errors import ConfigError
 from gm.estimators.exact import binary_states
-from gm.models.autoregressive import allowed_dependencies, dependency_matrix, sample_in_order
+from gm.models.autoregressive.base import allowed_dependencies, dependency_matrix, sample_in_order
 
 
 # (name, hyperparameters): small versions of every binary model, incl. random orderings and
@@ -136,34 +135,14 @@ def test_training_improves_likelihood_and_is_deterministic(name, kw):
         assert m1.log_prob(data).mean() > fresh.log_prob(data).mean() + 0.5
 
 
-@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
-def test_resume_from_checkpoint_is_exact(name, kw):
-    model, g, data, _ = train(name, kw, 5)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    opt_state = copy.deepcopy({k: o.state_dict() for k, o in model.optimizers().items()})
-    g_state = g.get_state()
-    for _ in range(3):
-        model.fit_step(data[:16], generator=g)
-    torch.manual_seed(123)                         # a different init, overwritten by the load
-    resumed = gm.build(name, 8, **{"lr": 0.01, **kw})
-    resumed.load_state_dict(state)
-    for k, o in resumed.optimizers().items():
-        o.load_state_dict(opt_state[k])
-    g.set_state(g_state)
-    for _ in range(3):
-        resumed.fit_step(data[:16], generator=g)
-    for (k, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), k
-
-
 @pytest.mark.parametrize("name,bad", [
     ("fvsbn", {"lr": 0.0}), ("fvsbn", {"ordering": "backwards"}), ("nade", {"n_hidden": 0}),
     ("neural_ar", {"n_hidden": 0}), ("nade", {"weight_decay": -1.0}),
-    ("made", {"hidden_sizes": []}), ("made", {"eval_masks": 9}), ("made", {"n_masks": 0}),
+    ("made", {"hidden_sizes": []}), ("made", {"hidden_sizes": [8, 0]}), ("made", {"n_masks": 0}),
     ("made", {"n_masks": 2, "order_agnostic": False, "connectivity_agnostic": False}),
     ("gaussian_ar", {"lr": -1.0}), ("nade", {"no_such_key": 1})])
 def test_bad_config_names_the_field(name, bad):
-    with pytest.raises(ConfigError, match=f"models.{name}.model.{next(iter(bad))}"):
+    with pytest.raises(ConfigError, match=f"^{next(iter(bad))}: "):   # the field, no yaml path
         gm.build(name, 8, **bad)
 
 

@@ -1,13 +1,14 @@
 """Fully visible Boltzmann machine (book 20.1): exact gradient, locality of the update,
 Gibbs sampler, and AIS/RAISE against exact enumeration."""
-import copy
 
+import pytest
 import torch
 
 import gm
 from gm.base import Budget
+from gm.errors import ConfigError
 from gm.estimators.exact import binary_states
-from gm.models.bm import gibbs_sweep
+from gm.models.energy.bm import gibbs_sweep
 
 
 def _bm(d, seed=0, scale=0.5, **kw):
@@ -28,7 +29,7 @@ def _data(n, d, seed=1):
 def _step(m, x):
     """U and b after one plain gradient step (lr 1, no momentum/decay) minus before."""
     u0, b0 = m.U.detach().clone(), m.b.detach().clone()
-    m.data_count.fill_(1)  # skip the base-rate initialisation of b
+    m.base_rate.count.fill_(1)  # skip the base-rate initialisation of b
     m.fit_step(x, generator=torch.Generator().manual_seed(0))
     return m.U.detach() - u0, m.b.detach() - b0
 
@@ -78,7 +79,7 @@ def test_gibbs_sweep_samples_the_model():
     d = 4
     m = _bm(d, scale=1.0)
     s = binary_states(d)
-    p = torch.softmax(m.log_f(s).double(), 0).float()
+    p = torch.softmax(m.neg_energy(s.double()), 0).float()
     g = torch.Generator().manual_seed(0)
     x = torch.zeros(4000, d)
     for _ in range(30):
@@ -105,7 +106,7 @@ def test_ais_sandwich_contains_exact():
     assert (big.method, big.kind) == ("ais", "estimate") and abs(big.mean - exact.mean) < 0.1
 
 
-def test_training_improves_likelihood_and_resumes_exactly():
+def test_training_improves_likelihood():
     d = 8
     torch.manual_seed(0)
     x = _data(200, d)
@@ -117,15 +118,6 @@ def test_training_improves_likelihood_and_resumes_exactly():
         m.fit_step(x, generator=g)
     after = m.log_likelihood(x, generator=g, budget=Budget()).mean
     assert after > before + 0.3 and float(m.U[0, 1].detach()) > 0.5
-    pcd = gm.build("bm", d, gradient="pcd", n_chains=20)
-    pcd.fit_step(x, generator=g)
-    clone = gm.build("bm", d, gradient="pcd", n_chains=20)
-    clone.load_state_dict(copy.deepcopy(pcd.state_dict()))  # deep copies: as if from disk
-    clone.optimizers()["sgd"].load_state_dict(copy.deepcopy(pcd.optimizers()["sgd"].state_dict()))
-    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    pcd.fit_step(x, generator=g1)
-    clone.fit_step(x, generator=g2)
-    assert torch.equal(pcd.U, clone.U) and torch.equal(pcd.chains, clone.chains)
 
 
 def test_exact_statistics_match_brute_force_for_odd_d():
@@ -133,8 +125,19 @@ def test_exact_statistics_match_brute_force_for_odd_d():
     d = 5
     m = _bm(d, scale=1.0)
     s = binary_states(d)
-    p = torch.softmax(m.log_f(s).detach().double(), 0)
+    p = torch.softmax(m.neg_energy(s.double()).detach(), 0)
     xx, x = m.exact_statistics()
     sd = s.double()
     assert torch.allclose(xx.double(), (sd * p[:, None]).T @ sd, atol=1e-5)
     assert torch.allclose(x.double(), p @ sd, atol=1e-5)
+
+
+def test_exact_gradient_bits_is_a_training_field():
+    """The exact-gradient limit is the training field exact_gradient_bits (exact_max_bits is
+    the evaluation budget's): d above it trains by PCD."""
+    assert gm.build("bm", 8, exact_gradient_bits=8).exact_gradient
+    assert not gm.build("bm", 8, exact_gradient_bits=7).exact_gradient
+    with pytest.raises(ConfigError, match="^exact_gradient_bits: must be <= 24"):
+        gm.build("bm", 8, exact_gradient_bits=25)
+    with pytest.raises(ConfigError, match="^exact_max_bits: unknown key"):
+        gm.build("bm", 8, exact_max_bits=8)

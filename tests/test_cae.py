@@ -5,7 +5,6 @@ import torch
 import gm
 from gm.base import Budget
 from gm.errors import ConfigError
-from model_checks import assert_resumes_exactly
 
 
 def build(**kw):
@@ -62,11 +61,6 @@ def test_sample_extras_and_proxy():
     assert ll.kind == "proxy" and ll.method == "parzen" and ll.values.shape == (20,)
     ex = model.extras(x, generator=torch.Generator().manual_seed(0), budget=Budget())
     assert ex.images["chain"].shape == (100, 10) and len(ex.tables["chain_length"]) == 6
-
-
-def test_resumes_exactly():
-    x = (torch.rand(16, 10, generator=torch.Generator().manual_seed(2)) < 0.3).float()
-    assert_resumes_exactly("cae", x, n_hidden=5)
 
 
 @pytest.mark.parametrize("bad", [{"contraction": -1.0}, {"n_hidden": 0}, {"sample_noise": -0.1}])

@@ -5,7 +5,7 @@ import torch
 import gm
 from gm.base import Budget
 from gm.estimators.exact import binary_states
-from gm.models.dbn import bernoulli_log_prob
+from gm.models.energy.dbn import bernoulli_log_prob
 
 
 def _dbn(seed=0):
@@ -25,7 +25,7 @@ def _exact(m, x):
     h = binary_states(l0.config.n_hidden)
     n, k, d = x.shape[0], h.shape[0], x.shape[1]
     log_pv_h = bernoulli_log_prob(x[:, None].expand(n, k, d), (h @ l0.W.T + l0.b)[None].expand(n, k, d))
-    log_ph = -top.free_energy(h) - top.log_z_exact()
+    log_ph = -top.free_energy(h) - top.exact_log_z(Budget())
     return torch.logsumexp(log_pv_h + log_ph[None], 1).double().detach()
 
 

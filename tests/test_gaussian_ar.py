@@ -5,7 +5,7 @@ import torch
 
 import gm
 from gm.base import Budget
-from gm.models.autoregressive import allowed_dependencies, dependency_matrix
+from gm.models.autoregressive.base import allowed_dependencies, dependency_matrix
 
 
 

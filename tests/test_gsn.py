@@ -5,7 +5,6 @@ import torch
 import gm
 from gm.base import Budget
 from gm.errors import ConfigError
-from model_checks import assert_resumes_exactly
 
 
 def data(n=64, d=16, seed=0):
@@ -78,10 +77,6 @@ def test_extras_chain_and_inpainting():
     assert ex.tables["chain_length"][-1]["steps"] == 300
     ll = model.log_likelihood(x[:5], generator=gen, budget=Budget(parzen_samples=200))
     assert ll.kind == "proxy" and ll.values.shape == (5,)
-
-
-def test_resumes_exactly():
-    assert_resumes_exactly("gsn", data(16), hidden=[6, 5], walkback=2)
 
 
 @pytest.mark.parametrize("bad", [{"hidden": []}, {"hidden": [4, 0]}, {"walkback": 0},

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 import gm
 from gm.base import Budget
+from gm.errors import ConfigError
 
 
 
@@ -41,15 +43,24 @@ def test_agnosticism_switches():
 
 
 def test_ensemble_is_the_mixture_over_masks():
-    model = build(eval_masks=3)
+    model = build()
+    budget = Budget(ensemble_masks=3)                 # an evaluation setting, not a model field
     x = (torch.rand(40, 10, generator=torch.Generator().manual_seed(1)) < 0.5).double()
     per_mask = torch.stack([model.log_prob_mask(x, k) for k in range(3)])
     mixture = torch.logsumexp(per_mask, 0) - math.log(3)
-    ll = model.log_likelihood(x, generator=torch.Generator(), budget=Budget())
+    ll = model.log_likelihood(x, generator=torch.Generator(), budget=budget)
     torch.testing.assert_close(ll.values, mixture)
     assert ll.kind == "exact" and ll.info["ensemble_masks"] == 3
     assert (ll.values >= per_mask.mean(0) - 1e-12).all()          # Jensen
     assert (ll.values - per_mask[0]).abs().max() > 1e-3             # not just one mask
+    # 0 (the default) averages all n_masks; the sampler follows prepare_evaluation's budget
+    every = model.log_likelihood(x, generator=torch.Generator(), budget=Budget())
+    assert every.info["ensemble_masks"] == 4 and model.n_eval_masks == 4
+    model.prepare_evaluation(x, generator=torch.Generator(), budget=budget)
+    assert model.n_eval_masks == 3
+    torch.testing.assert_close(model.log_prob(x), mixture)
+    with pytest.raises(ConfigError, match="^ensemble_masks: "):
+        model.log_likelihood(x, generator=torch.Generator(), budget=Budget(ensemble_masks=5))
 
 
 def test_training_visits_the_masks_in_turn():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 import gm
-from gm.models.autoregressive import dependency_matrix
+from gm.models.autoregressive.base import dependency_matrix
 
 
 

@@ -57,6 +57,36 @@ def test_stage_cli_reports_bad_params_and_does_no_work(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_train_prefixes_a_model_config_error_with_its_params_path(monkeypatch):
+    """gm names only the field; the pipeline adds where in params.yaml it is set."""
+    import gm
+    from pipeline import train
+
+    def build(name, data_dim, **hparams):
+        raise ConfigError("upsamplings", "image side 4 is not divisible by 2^3", "lower upsamplings")
+    monkeypatch.setattr(gm, "build", build)
+    with pytest.raises(ConfigError) as err:
+        train.build_model("dcgan", "dcgan_deep", 16, {"upsamplings": 3})
+    assert str(err.value) == ("models.dcgan_deep.model.upsamplings: image side 4 is not "
+                              "divisible by 2^3 (lower upsamplings)")
+
+
+def test_a_data_dependent_model_error_names_its_params_path(tmp_path):
+    """dcgan's upsamplings can only be checked against the data's image side, in train."""
+    p = tiny_params()
+    p["models"]["dcgan"] = {"train": {"epochs": 1, "batch_size": 50},
+                            "model": {"upsamplings": 3}}
+    p["runs"] = [{"dataset": "bars_stripes", "model": "dcgan"}]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    for stage in ("fetch", "prepare"):
+        run(["python", "-m", f"pipeline.{stage}", "--dataset", "bars_stripes"], tmp_path)
+    r = run(["python", "-m", "pipeline.train", "--dataset", "bars_stripes", "--model", "dcgan",
+             "--seed", "0"], tmp_path, check=False)
+    assert r.returncode == 2, r.stderr
+    assert "error: params.yaml: models.dcgan.model.upsamplings: image side 4" in r.stderr
+    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
+
+
 def test_snakemake_validates_before_running(project):
     p = tiny_params()
     p["evaluate"]["ais_betas"] = 0

@@ -105,3 +105,35 @@ def test_dvc_repro_reruns_only_what_a_parameter_touches(project):
     (path / "params.yaml").write_text(text)
     again = ran_stages(run(["dvc", "repro"], path, timeout=900).stdout)
     assert again == {"train@run0-0", "evaluate@run0-0", "report"}, again
+    text = text.replace("ais_betas: 100", "ais_betas: 90")     # a budget: evaluation only
+    (path / "params.yaml").write_text(text)
+    budget = ran_stages(run(["dvc", "repro"], path, timeout=900).stdout)
+    assert budget == {"evaluate@run0-0", "evaluate@run1-0", "report"}, budget
+
+
+def snakemake_plan(path) -> set[str]:
+    """The rules a dry run would execute ("Nothing to be done" -> empty set)."""
+    out = run(["snakemake", "--cores", "1", "-n"], path).stdout
+    return set(re.findall(r"^rule (\w+):", out, re.M)) - {"all"}
+
+
+def test_snakemake_reruns_on_values_not_on_key_order_and_budgets_never_retrain(
+        snakemake_run, tmp_path):
+    import shutil
+    import yaml
+    path = tmp_path / "copy"
+    shutil.copytree(snakemake_run, path, symlinks=True)
+    run(["snakemake", "--cores", "1"], path)     # up to date (other tests rerun stages by hand)
+    assert snakemake_plan(path) == set()
+    params = yaml.safe_load((path / "params.yaml").read_text())
+
+    def reorder(value):
+        return {k: reorder(value[k]) for k in reversed(value)} if isinstance(value, dict) else value
+    (path / "params.yaml").write_text(yaml.safe_dump(reorder(params), sort_keys=False))
+    assert snakemake_plan(path) == set()           # same values, other order: nothing reruns
+    params["models"]["rbm"]["evaluate"] = {"ais_betas": 17}
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert snakemake_plan(path) == {"evaluate", "report"}   # a budget: never train
+    params["models"]["rbm"]["model"]["n_hidden"] = 7
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert snakemake_plan(path) == {"train", "evaluate", "report"}

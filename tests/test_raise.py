@@ -9,7 +9,7 @@ from gm.estimators.raise_ais import raise_log_likelihood
 
 def _rbm(d=10, nh=8, scale=1.0, seed=0):
     torch.manual_seed(seed)
-    m = gm.build("rbm", d, n_hidden=nh, raise_chains=5)
+    m = gm.build("rbm", d, n_hidden=nh)
     with torch.no_grad():
         m.W.normal_(0, scale)
         m.b.normal_(0, 1.0)
@@ -52,7 +52,7 @@ def test_sandwich_contains_exact():
     the exact mean log-likelihood to within 0.05 nats, and both agree with it to 0.1 nats."""
     m = _rbm()
     x = _data(40, 10)
-    budget = Budget(ais_chains=100, ais_betas=300)
+    budget = Budget(ais_chains=100, ais_betas=300, raise_chains=5)
     exact = m.log_likelihood(x, generator=torch.Generator(), budget=budget)
     assert exact.kind == "exact"
     est = m.validation_estimates(x, generator=torch.Generator().manual_seed(3), budget=budget)
@@ -85,6 +85,24 @@ def test_rbm_large_hidden_layer_reports_sandwich():
     m = _rbm(d=10, nh=8)
     x = _data(20, 10)
     ll = m.log_likelihood(x, generator=torch.Generator().manual_seed(0),
-                          budget=Budget(exact_max_bits=5, ais_chains=50, ais_betas=200))
+                          budget=Budget(exact_max_bits=5, ais_chains=50, ais_betas=200,
+                                        raise_chains=5))
     assert (ll.method, ll.kind) == ("ais", "estimate")
     assert set(ll.bounds) == {"lower", "upper"} and ll.info["sandwich_gap"] > -0.1
+
+
+def test_no_raise_chains_is_forward_ais_alone():
+    """budget.raise_chains = 0: the forward-AIS estimate without bounds, the same values as the
+    upper side of the sandwich (AIS runs first on the same generator)."""
+    m = _rbm(d=10, nh=8)
+    x = _data(20, 10)
+    kw = dict(exact_max_bits=5, ais_chains=20, ais_betas=50)
+    alone = m.log_likelihood(x, generator=torch.Generator().manual_seed(0),
+                             budget=Budget(raise_chains=0, **kw))
+    sandwich = m.log_likelihood(x, generator=torch.Generator().manual_seed(0),
+                                budget=Budget(raise_chains=2, **kw))
+    assert (alone.method, alone.kind, alone.bounds) == ("ais", "estimate", {})
+    assert torch.equal(alone.values, sandwich.bounds["upper"])
+    est = m.validation_estimates(x, generator=torch.Generator().manual_seed(0),
+                                 budget=Budget(raise_chains=0, ais_chains=20, ais_betas=50))
+    assert set(est) == {"ais"}

@@ -9,34 +9,19 @@ log of the AIS estimate is a stochastic lower bound of log p(x) (Jensen; unbiase
 Implicit models (GANs, GMMNs) get a Gaussian observation model obs = N(x; g(z), sigma^2 I)
 (Wu et al. sec. 2.2): the estimate is then of that noisy model, not of the implicit one.
 The chains reuse :func:`gm.estimators.ais.ais_log_z` through an :class:`AnnealingPath`.
+Their budget (chains per example, intermediate distributions, leapfrog steps per HMC move) is
+the evaluation budget's ``decoder_ais_*`` fields (:class:`gm.base.Budget`).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from gm.config import require
+from gm.base import Budget, Kind, LogLikelihood
 from gm.estimators.ais import ais_log_z, beta_schedule, log_mean_exp_stderr
-
-
-@dataclass(frozen=True)
-class DecoderAISConfig:
-    """Config fields of decoder AIS, shared by the config dataclasses of decoder-based models
-    (subclass it; call ``super().__post_init__()``)."""
-
-    ais_chains: int = 4        # AIS chains per test example
-    ais_betas: int = 100       # intermediate distributions
-    ais_leapfrog: int = 5      # leapfrog steps per HMC move
-
-    def __post_init__(self):
-        for name in ("ais_chains", "ais_betas", "ais_leapfrog"):
-            v = getattr(self, name)
-            require(v >= 1, name, f"must be >= 1, got {v}")
-
 
 LogLik = Callable[[Tensor, Tensor], Tensor]  # (x (N, d), z (N, k)) -> (N,) log p(x | z)
 
@@ -128,3 +113,22 @@ def decoder_ais_log_likelihood(x: Tensor, log_lik: LogLik, latent_dim: int, *,
     values = torch.tensor([v for v, _ in est], dtype=torch.float64)
     stderr = torch.tensor([s for _, s in est], dtype=torch.float64)
     return values, stderr, float(path.accepted) / max(path.moves, 1)
+
+
+@torch.no_grad()
+def decoder_ais_estimate(x: Tensor, log_lik: LogLik, latent_dim: int, *,
+                         generator: torch.Generator, budget: Budget, kind: Kind,
+                         info: dict | None = None) -> LogLikelihood:
+    """:func:`decoder_ais_log_likelihood` at the budget's ``decoder_ais_chains``,
+    ``decoder_ais_betas``, ``decoder_ais_leapfrog`` and ``ais_schedule``, as a LogLikelihood
+    (method "decoder_ais", the given kind) whose info records that budget, the mean HMC
+    acceptance and the mean per-example stderr, plus ``info``."""
+    values, stderr, acc = decoder_ais_log_likelihood(
+        x, log_lik, latent_dim, generator=generator, chains=budget.decoder_ais_chains,
+        betas=budget.decoder_ais_betas, schedule=budget.ais_schedule,
+        leapfrog=budget.decoder_ais_leapfrog)
+    return LogLikelihood(values, "decoder_ais", kind, info=(info or {}) | {
+        "decoder_ais_chains": budget.decoder_ais_chains,
+        "decoder_ais_betas": budget.decoder_ais_betas,
+        "decoder_ais_leapfrog": budget.decoder_ais_leapfrog,
+        "hmc_acceptance": acc, "mean_example_stderr": float(stderr.mean())})

@@ -29,7 +29,7 @@ def enumerate_log_z(log_f: Callable[[Tensor], Tensor], n_bits: int, *, max_bits:
     Raises ConfigError when 2**n_bits exceeds 2**max_bits (the budget's exact_max_bits).
     """
     if n_bits > max_bits:
-        raise ConfigError("evaluate.exact_max_bits",
+        raise ConfigError("exact_max_bits",
                           f"exact enumeration of {n_bits} bits exceeds the limit {max_bits}",
                           "use a sampling estimator or raise exact_max_bits")
     parts = []

@@ -56,12 +56,13 @@ class ParzenProxy:
     bandwidth of the Goodfellow et al. (2014) protocol chosen on validation data.
 
     The host registers the buffer with :meth:`init_parzen_sigma` in ``__init__`` and may
-    override :meth:`parzen_centers` (default: ``self.sample``).  The pipeline calls
-    :meth:`fit_bandwidth` once after training; it keeps sigma in the buffer ``parzen_sigma``
-    (NaN until then, saved with the checkpoint).  :meth:`parzen_proxy` then evaluates test
-    data at that sigma; before it, at a clearly labelled fallback (see there).
-    Used by the implicit generators (:mod:`gm.models.implicit`) and the autoencoder chains
-    (:mod:`gm.models.ae_chain`).
+    override :meth:`parzen_centers` (default: ``self.sample``).  Evaluation calls
+    :meth:`prepare_evaluation` once before ``log_likelihood``; it chooses sigma on validation
+    data and keeps it in the buffer ``parzen_sigma`` (NaN until then, saved with the
+    checkpoint).  :meth:`log_likelihood` then evaluates test data at that sigma; before it, at
+    a clearly labelled fallback (see :meth:`parzen_proxy`).
+    Used by the implicit generators (:mod:`gm.models.directed.base`) and the autoencoder chains
+    (:mod:`gm.models.chains.base`).
     """
 
     def init_parzen_sigma(self) -> None:
@@ -72,31 +73,36 @@ class ParzenProxy:
         return self.sample(m, generator=generator)
 
     @torch.no_grad()
-    def fit_bandwidth(self, x_val: Tensor, *, generator: torch.Generator,
-                      budget: Budget) -> float:
+    def prepare_evaluation(self, x_val: Tensor, *, generator: torch.Generator,
+                           budget: Budget) -> None:
         """Choose sigma on validation data x_val (n, d) from budget.parzen_samples fresh
-        samples (:func:`select_bandwidth`) and keep it in ``parzen_sigma``; returns it."""
+        samples (:func:`select_bandwidth`) and keep it in the buffer ``parzen_sigma``."""
         sigma, _ = select_bandwidth(x_val, self.parzen_centers(budget.parzen_samples, generator))
         self.parzen_sigma.fill_(sigma)
-        return sigma
 
     @torch.no_grad()
-    def parzen_proxy(self, x: Tensor, *, generator: torch.Generator, budget: Budget,
-                     fallback_sigma: float | None = None) -> LogLikelihood:
+    def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
+                       budget: Budget) -> LogLikelihood:
+        """Parzen proxy of x (n, d): kind "proxy", never a likelihood (:meth:`parzen_proxy`)."""
+        return self.parzen_proxy(x, generator=generator, budget=budget)
+
+    @torch.no_grad()
+    def parzen_proxy(self, x: Tensor, *, generator: torch.Generator,
+                     budget: Budget) -> LogLikelihood:
         """LogLikelihood (method "parzen", kind "proxy") of x (n, d) under budget.parzen_samples
         fresh samples.
 
-        sigma is the validation-chosen ``parzen_sigma`` when :meth:`fit_bandwidth` was called
-        (info sigma_from_validation = 1).  Otherwise (info sigma_from_validation = 0):
-        ``fallback_sigma`` if given (a fixed hyperparameter), else two-fold cross-fitting on x
+        sigma is the validation-chosen ``parzen_sigma`` when :meth:`prepare_evaluation` was
+        called (info sigma_from_validation = 1).  Otherwise (info sigma_from_validation = 0):
+        ``budget.parzen_sigma`` if set (a fixed width), else two-fold cross-fitting on x
         (sigma of the even rows chosen on the odd rows and vice versa, so no example's value
         uses a sigma chosen on itself).
         """
         centers = self.parzen_centers(budget.parzen_samples, generator)
         info = {"parzen_samples": float(centers.shape[0])}
-        fitted = float(self.parzen_sigma)
-        if not math.isnan(fitted) or fallback_sigma is not None:
-            sigma = fitted if not math.isnan(fitted) else float(fallback_sigma)
+        fitted, fallback = float(self.parzen_sigma), budget.parzen_sigma
+        if not math.isnan(fitted) or fallback is not None:
+            sigma = fitted if not math.isnan(fitted) else float(fallback)
             values = parzen_log_likelihood(x, centers, sigma)
             info |= {"sigma": sigma, "sigma_from_validation": float(not math.isnan(fitted))}
         else:

@@ -7,7 +7,7 @@ q(z | x) = N(mu(x), diag(s(x)^2)).  Training maximises the k-sample bound
 log (1/k) sum_i p(x, z_i) / q(z_i | x) with reparameterised z_i (section 20.9): k = 1 is the
 ELBO of the VAE, k > 1 the IWAE.  log p(x) is reported as the importance-sampling bound with
 q as proposal (``budget.importance_samples`` samples), a stochastic lower bound; decoder AIS
-(Wu et al. 2017) runs beside it as a tighter check.
+(Wu et al. 2017) runs beside it as a tighter check (budget ``decoder_ais_*``).
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gm.base import Budget, GenerativeModel, LogLikelihood
-from gm.config import require
-from gm.estimators.decoder_ais import DecoderAISConfig, decoder_ais_log_likelihood
+from gm.config import Checked, ranged
+from gm.estimators.decoder_ais import decoder_ais_estimate
 from gm.estimators.importance import importance_log_likelihood, iwae_bound
 from gm.nets import mlp
 from gm.ops import bernoulli
@@ -31,21 +31,13 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass(frozen=True)
-class VAEConfig(DecoderAISConfig):
-    latent_dim: int = 8
-    hidden: tuple[int, ...] = (128,)
-    iwae_k: int = 1            # samples of the training bound: 1 = VAE (ELBO), > 1 = IWAE
-    lr: float = 1e-3
-    min_std: float = 0.01      # floor of the Gaussian decoder's per-pixel std (vae_gaussian)
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.latent_dim >= 1, "latent_dim", f"must be >= 1, got {self.latent_dim}")
-        require(all(h >= 1 for h in self.hidden), "hidden",
-                f"sizes must be >= 1, got {self.hidden}")
-        require(self.iwae_k >= 1, "iwae_k", f"must be >= 1, got {self.iwae_k}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.min_std > 0, "min_std", f"must be > 0, got {self.min_std}")
+class VAEConfig(Checked):
+    latent_dim: int = ranged(8, ge=1)
+    hidden: tuple[int, ...] = ranged((128,), ge=1, each=True)
+    iwae_k: int = ranged(1, ge=1)      # samples of the training bound: 1 = VAE (ELBO), > 1 = IWAE
+    lr: float = ranged(1e-3, gt=0)
+    min_std: float = ranged(0.01, gt=0)  # floor of the Gaussian decoder's per-pixel std
+                                         # (vae_gaussian)
 
 
 def normal_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
@@ -125,14 +117,9 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def validation_estimates(self, x, *, generator, budget):
-        cfg = self.config
-        values, stderr, acc = decoder_ais_log_likelihood(
-            x, self.log_lik, cfg.latent_dim, generator=generator, chains=cfg.ais_chains,
-            betas=cfg.ais_betas, schedule=budget.ais_schedule, leapfrog=cfg.ais_leapfrog)
-        ais = LogLikelihood(values, "decoder_ais", "lower_bound",
-                            info={"ais_chains": cfg.ais_chains, "ais_betas": cfg.ais_betas,
-                                  "hmc_acceptance": acc,
-                                  "mean_example_stderr": float(stderr.mean())})
+        """The ELBO and decoder AIS (budget ``decoder_ais_*``), both lower bounds."""
+        ais = decoder_ais_estimate(x, self.log_lik, self.config.latent_dim,
+                                   generator=generator, budget=budget, kind="lower_bound")
         return {"elbo": self._bound(x, 1, generator), "decoder_ais": ais}
 
 

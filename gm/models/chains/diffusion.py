@@ -24,26 +24,18 @@ import torch
 from torch import Tensor, nn
 
 from gm.base import Budget, Extras, GenerativeModel, LogLikelihood
-from gm.config import require
-from gm.models.ae_chain import check_finite
+from gm.config import Checked, ranged
+from gm.models.chains.base import check_finite
 from gm.ops import bernoulli
 from gm.registry import register
 
 
 @dataclass(frozen=True)
-class DiffusionConfig:
-    n_steps: int = 20             # T
-    n_hidden: int = 256
-    n_layers: int = 2             # hidden layers of the x0-predictor
-    lr: float = 2e-3              # Adam
-    eval_samples: int = 4         # draws of x_t per (example, t) in the bound's Monte Carlo sum
-
-    def __post_init__(self):
-        require(self.n_steps >= 1, "n_steps", f"must be >= 1, got {self.n_steps}")
-        require(self.n_hidden >= 1, "n_hidden", f"must be >= 1, got {self.n_hidden}")
-        require(self.n_layers >= 1, "n_layers", f"must be >= 1, got {self.n_layers}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.eval_samples >= 1, "eval_samples", f"must be >= 1, got {self.eval_samples}")
+class DiffusionConfig(Checked):
+    n_steps: int = ranged(20, ge=1)      # T
+    n_hidden: int = ranged(256, ge=1)
+    n_layers: int = ranged(2, ge=1)      # hidden layers of the x0-predictor
+    lr: float = ranged(2e-3, gt=0)       # Adam
 
 
 def _bernoulli_kl(q: Tensor, p: Tensor) -> Tensor:
@@ -146,9 +138,10 @@ class Diffusion(GenerativeModel):
 
     # --- likelihood ----------------------------------------------------------------------
     @torch.no_grad()
-    def bound_terms(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """Monte Carlo means over ``eval_samples`` draws of every term of minus the bound, (T, n)."""
-        T, k = self.config.n_steps, self.config.eval_samples
+    def bound_terms(self, x: Tensor, generator: torch.Generator, samples: int) -> Tensor:
+        """Monte Carlo means over ``samples`` draws of x_t of every term of minus the bound,
+        (T, n)."""
+        T, k = self.config.n_steps, samples
         rows = []
         for step in range(1, T + 1):
             t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
@@ -158,17 +151,18 @@ class Diffusion(GenerativeModel):
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
                        budget: Budget) -> LogLikelihood:
-        """The variational lower bound on log p(x) (nats), Monte Carlo over x_t ~ q(x_t | x)."""
-        return LogLikelihood(-self.bound_terms(x, generator).sum(0), "diffusion_elbo",
-                             "lower_bound",
+        """The variational lower bound on log p(x) (nats), Monte Carlo over x_t ~ q(x_t | x)
+        with ``budget.bound_samples`` draws per (example, t)."""
+        return LogLikelihood(-self.bound_terms(x, generator, budget.bound_samples).sum(0),
+                             "diffusion_elbo", "lower_bound",
                              info={"n_steps": self.config.n_steps,
-                                   "eval_samples": self.config.eval_samples})
+                                   "bound_samples": budget.bound_samples})
 
     @torch.no_grad()
     def extras(self, x: Tensor, *, generator: torch.Generator, budget: Budget,
                classifier=None) -> Extras:
         """table "bound_terms" (mean term per t), images["chain"] (10 reverse chains, 11 frames)."""
-        terms = self.bound_terms(x, generator).mean(1)
+        terms = self.bound_terms(x, generator, budget.bound_samples).mean(1)
         out = Extras(tables={"bound_terms": [{"t": i + 1, "nats": float(v)}
                                              for i, v in enumerate(terms)]})
         traj = self.trajectory(10, generator)

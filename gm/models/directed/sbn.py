@@ -8,8 +8,9 @@ A recognition network q(h_1 | x) q(h_2 | h_1) ... of the same sigmoid form is tr
   * ``nvil`` (Mnih & Gregor 2014): maximise the ELBO by the score-function estimator of
     section 20.9 with an input-dependent baseline, a running-mean baseline and variance
     normalisation (:mod:`gm.stochastic_grad`).
-log p(x) is exact by enumerating every latent configuration when there are at most
-``budget.exact_max_bits`` latent bits, else the importance-sampling bound with q as proposal.
+log p(x) is exact by enumerating every latent configuration (``budget.exact_chunk`` at a
+time) when there are at most ``budget.exact_max_bits`` latent bits, else the
+importance-sampling bound with q as proposal.
 """
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gm.base import Budget, GenerativeModel, LogLikelihood
-from gm.config import require
+from gm.config import Checked, ranged, require
 from gm.errors import ConfigError
 from gm.estimators.exact import binary_states
 from gm.estimators.importance import importance_log_likelihood
-from gm.models.vae import bernoulli_log_prob
+from gm.models.directed.vae import bernoulli_log_prob
 from gm.nets import mlp
 from gm.ops import bernoulli
 from gm.registry import register
@@ -33,23 +34,17 @@ from gm.stochastic_grad import RunningBaseline, score_function_surrogate
 
 
 @dataclass(frozen=True)
-class SBNConfig:
-    hidden: tuple[int, ...] = (16,)     # latent layer sizes, the one nearest the data first
+class SBNConfig(Checked):
+    hidden: tuple[int, ...] = ranged((16,), ge=1, each=True)  # latent layer sizes, the one
+                                                              # nearest the data first
     method: Literal["nvil", "wake_sleep"] = "nvil"
-    lr: float = 1e-2
-    baseline_hidden: int = 32           # NVIL's input-dependent baseline MLP
-    baseline_decay: float = 0.9         # NVIL's running mean / variance of the signal
-    exact_chunk: int = 4096             # latent states per block of the exact enumeration
+    lr: float = ranged(1e-2, gt=0)
+    baseline_hidden: int = ranged(32, ge=1)        # NVIL's input-dependent baseline MLP
+    baseline_decay: float = ranged(0.9, ge=0, lt=1)  # NVIL's running mean / variance of the signal
 
     def __post_init__(self):
-        require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden",
-                f"need one or more layer sizes >= 1, got {self.hidden}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.baseline_hidden >= 1, "baseline_hidden",
-                f"must be >= 1, got {self.baseline_hidden}")
-        require(0 <= self.baseline_decay < 1, "baseline_decay",
-                f"must be in [0, 1), got {self.baseline_decay}")
-        require(self.exact_chunk >= 1, "exact_chunk", f"must be >= 1, got {self.exact_chunk}")
+        super().__post_init__()
+        require(len(self.hidden) >= 1, "hidden", "need one or more latent layers")
 
 
 @register("sbn")
@@ -160,17 +155,17 @@ class SBN(GenerativeModel):
         return list(states.split(list(self.config.hidden), dim=-1))
 
     @torch.no_grad()
-    def log_likelihood_exact(self, x: Tensor, max_bits: int = 20) -> Tensor:
-        """log p(x) = log sum_h p(x, h) over all 2^latent_bits configurations; (n,) float64."""
+    def log_likelihood_exact(self, x: Tensor, max_bits: int = 20, chunk: int = 4096) -> Tensor:
+        """log p(x) = log sum_h p(x, h) over all 2^latent_bits configurations, ``chunk`` latent
+        states at a time; (n,) float64."""
         if self.latent_bits > max_bits:
-            raise ConfigError("evaluate.exact_max_bits",
+            raise ConfigError("exact_max_bits",
                               f"exact enumeration of {self.latent_bits} latent bits exceeds the "
                               f"limit {max_bits}", "use the importance-sampling bound")
         n_states = 2**self.latent_bits
         parts = []
-        for start in range(0, n_states, self.config.exact_chunk):
-            s = binary_states(self.latent_bits, start=start,
-                              stop=min(start + self.config.exact_chunk, n_states),
+        for start in range(0, n_states, chunk):
+            s = binary_states(self.latent_bits, start=start, stop=min(start + chunk, n_states),
                               device=x.device, dtype=x.dtype)
             hs = self._split(s)                                      # (m, hidden_l)
             logits = self.gen[0](hs[0])                              # (m, d)
@@ -191,7 +186,8 @@ class SBN(GenerativeModel):
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
                        budget: Budget) -> LogLikelihood:
         if self.latent_bits <= budget.exact_max_bits:
-            return LogLikelihood(self.log_likelihood_exact(x, budget.exact_max_bits),
+            return LogLikelihood(self.log_likelihood_exact(x, budget.exact_max_bits,
+                                                           budget.exact_chunk),
                                  "exact", "exact", info={"latent_bits": self.latent_bits})
         return self._importance(x, budget.importance_samples, generator)
 

@@ -3,8 +3,8 @@
 Generator x = g(z) = sigmoid(G(z)), z ~ N(0, I); discriminator D(x) = sigmoid(d(x)).
 The discriminator ascends log D(x) + log(1 - D(g(z))); the generator uses the
 non-saturating loss -log D(g(z)) (book eq. 20.81 and the heuristic after it).  Both players
-are MLPs here; :mod:`gm.models.dcgan` swaps in convolutional ones.  Evaluation: see
-:mod:`gm.models.implicit` (Parzen proxy, decoder AIS).
+are MLPs here; :mod:`gm.models.directed.dcgan` swaps in convolutional ones.  Evaluation: see
+:mod:`gm.models.directed.base` (Parzen proxy, decoder AIS).
 """
 from __future__ import annotations
 
@@ -14,28 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.config import require
-from gm.models.implicit import ImplicitConfig, ImplicitGenerator
+from gm.config import ranged
+from gm.models.directed.base import ImplicitConfig, ImplicitGenerator
 from gm.nets import mlp
 from gm.registry import register
 
 
 @dataclass(frozen=True)
 class GANConfig(ImplicitConfig):
-    hidden: tuple[int, ...] = (128,)   # widths of both MLPs (the discriminator's reversed)
-    lr_g: float = 1e-3
-    lr_d: float = 1e-3
-    beta1: float = 0.5                 # Adam's first-moment decay (Radford et al. 2016)
-    d_steps: int = 1                   # discriminator updates per generator update
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(all(h >= 1 for h in self.hidden), "hidden",
-                f"sizes must be >= 1, got {self.hidden}")
-        require(self.lr_g > 0, "lr_g", f"must be > 0, got {self.lr_g}")
-        require(self.lr_d > 0, "lr_d", f"must be > 0, got {self.lr_d}")
-        require(0 <= self.beta1 < 1, "beta1", f"must be in [0, 1), got {self.beta1}")
-        require(self.d_steps >= 1, "d_steps", f"must be >= 1, got {self.d_steps}")
+    hidden: tuple[int, ...] = ranged((128,), ge=1, each=True)  # widths of both MLPs (the
+                                                               # discriminator's reversed)
+    lr_g: float = ranged(1e-3, gt=0)
+    lr_d: float = ranged(1e-3, gt=0)
+    beta1: float = ranged(0.5, ge=0, lt=1)  # Adam's first-moment decay (Radford et al. 2016)
+    d_steps: int = ranged(1, ge=1)          # discriminator updates per generator update
 
 
 @register("gan")

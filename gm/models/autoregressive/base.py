@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gm.base import Budget, Extras, GenerativeModel, LogLikelihood
-from gm.config import require
+from gm.config import Checked, ranged
 from gm.errors import DivergenceError
 from gm.ops import bernoulli
 
@@ -27,15 +27,11 @@ Ordering = Literal["natural", "random"]
 
 
 @dataclass(frozen=True)
-class ARConfig:
+class ARConfig(Checked):
     """Optimisation fields shared by every autoregressive model (Adam on the exact NLL)."""
 
-    lr: float = 1e-3
-    weight_decay: float = 0.0     # L2 penalty of Adam (coupled), on every parameter
-
-    def __post_init__(self):
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+    lr: float = ranged(1e-3, gt=0)
+    weight_decay: float = ranged(0.0, ge=0)  # L2 penalty of Adam (coupled), on every parameter
 
 
 @dataclass(frozen=True)
@@ -123,7 +119,7 @@ class AutoregressiveModel(GenerativeModel):
         loss = self.loss(x)
         if not torch.isfinite(loss.detach()):
             raise DivergenceError(f"{self.name}: non-finite training loss {float(loss)}; "
-                                  "lower models.<name>.model.lr")
+                                  "lower lr")
         loss.backward()
         opt.step()
         return {"nll": float(loss.detach())}

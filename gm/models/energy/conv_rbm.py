@@ -29,33 +29,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, Extras, GenerativeModel, LogLikelihood
-from gm.config import require
+from gm.base import Budget, Extras
+from gm.config import ranged, require
 from gm.errors import ConfigError
-from gm.estimators.ais import ais_log_z, beta_schedule
 from gm.estimators.exact import enumerate_log_z
-from gm.estimators.raise_ais import ais_sandwich, raise_log_likelihood, sandwich_estimates
-from gm.models.rbm import CDConfig, base_rate, base_rate_logit, bernoulli
+from gm.models.base_rate import base_rate_logit
+from gm.models.energy.base import BaseRatePath, CDConfig, EnergyModel
+from gm.ops import bernoulli
 from gm.registry import register
 
 
 @dataclass(frozen=True)
 class ConvRBMConfig(CDConfig):
-    n_filters: int = 16
-    filter_size: int = 3
-    pool: int = 2                 # C: probabilistic max-pooling block side (1 = no pooling)
-    image_shape: tuple[int, ...] = ()   # (H, W); empty = square image of side sqrt(data_dim)
+    n_filters: int = ranged(16, ge=1)
+    filter_size: int = ranged(3, ge=1)
+    pool: int = ranged(2, ge=1)   # C: probabilistic max-pooling block side (1 = no pooling)
+    image_shape: tuple[int, ...] = ranged((), ge=1, each=True)  # (H, W); empty = square image
+                                                                # of side sqrt(data_dim)
     shared_visible_bias: bool = False   # one visible bias (Lee et al.) or one per pixel
-    raise_chains: int = 1         # reverse-AIS chains per test example (0: forward AIS only)
 
     def __post_init__(self):
         super().__post_init__()
-        require(self.n_filters >= 1, "n_filters", f"must be >= 1, got {self.n_filters}")
-        require(self.filter_size >= 1, "filter_size", f"must be >= 1, got {self.filter_size}")
-        require(self.pool >= 1, "pool", f"must be >= 1, got {self.pool}")
-        require(len(self.image_shape) in (0, 2) and all(s >= 1 for s in self.image_shape),
-                "image_shape", f"must be [] or [H, W] with H, W >= 1, got {self.image_shape}")
-        require(self.raise_chains >= 0, "raise_chains", f"must be >= 0, got {self.raise_chains}")
+        require(len(self.image_shape) in (0, 2), "image_shape",
+                f"must be [] or [H, W], got {list(self.image_shape)}")
 
 
 def _image_shape(data_dim: int, config: ConvRBMConfig) -> tuple[int, int]:
@@ -65,13 +61,13 @@ def _image_shape(data_dim: int, config: ConvRBMConfig) -> tuple[int, int]:
     else:
         h = w = math.isqrt(data_dim)
     if h * w != data_dim:
-        raise ConfigError("models.conv_rbm.model.image_shape",
+        raise ConfigError("image_shape",
                           f"{h} x {w} images do not have data_dim = {data_dim} pixels",
                           "set image_shape: [H, W] for non-square images")
     for side in (h, w):
         hid = side - config.filter_size + 1
         if hid < 1 or hid % config.pool:
-            raise ConfigError("models.conv_rbm.model.filter_size",
+            raise ConfigError("filter_size",
                               f"hidden maps of side {side} - {config.filter_size} + 1 = {hid} "
                               f"cannot be tiled by {config.pool} x {config.pool} pooling blocks",
                               "choose filter_size and pool so that (side - filter_size + 1) "
@@ -80,12 +76,11 @@ def _image_shape(data_dim: int, config: ConvRBMConfig) -> tuple[int, int]:
 
 
 @register("conv_rbm")
-class ConvRBM(GenerativeModel):
+class ConvRBM(EnergyModel):
     """Convolutional RBM: filters W (K, 1, f, f), hidden biases b (K,), visible bias c (H, W)
     or (1, 1).  Data are flat images (n, H * W)."""
 
     Config = ConvRBMConfig
-    input_kind = "binary"
 
     def __init__(self, data_dim: int, config: ConvRBMConfig):
         super().__init__(data_dim, config)
@@ -95,11 +90,8 @@ class ConvRBM(GenerativeModel):
         self.W = nn.Parameter(config.init_std * torch.randn(k, 1, f, f))
         self.b = nn.Parameter(torch.zeros(k))
         self.c = nn.Parameter(torch.zeros((1, 1) if config.shared_visible_bias else self.shape))
-        self.register_buffer("data_sum", torch.zeros(data_dim, dtype=torch.float64))
-        self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("chains", torch.zeros(config.n_chains if config.persistent else 0,
-                                                   data_dim))
-        self.register_buffer("chains_ready", torch.zeros((), dtype=torch.bool))
+        self.register_buffer(  # persistent negative chains (PCD), started at the first update
+            "chains", torch.zeros(config.n_chains if config.persistent else 0, data_dim))
 
     # --- conditionals and energies -------------------------------------------------------
     def hidden_input(self, v: Tensor, W: Tensor | None = None, b: Tensor | None = None) -> Tensor:
@@ -168,114 +160,46 @@ class ConvRBM(GenerativeModel):
         return v
 
     # --- training ------------------------------------------------------------------------
-    def make_optimizers(self):
-        cfg = self.config
-        return {"sgd": torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                       weight_decay=cfg.weight_decay)}
-
-    def base_rate(self) -> Tensor:
-        """Training-data pixel means, clipped to [0.005, 0.995] (H*W,)."""
-        return base_rate(self.data_sum, self.data_count).to(self.W.dtype)
+    @torch.no_grad()
+    def observe(self, x: Tensor) -> None:
+        """Add x to the base rate; the first batch starts the visible biases c at its
+        base-rate logits (Hinton 2010), averaged over pixels when c is shared."""
+        if self.base_rate.count == 0:
+            logit = base_rate_logit(x).to(self.c.dtype)
+            self.c.copy_(logit.mean().reshape(1, 1) if self.config.shared_visible_bias
+                         else logit.reshape(self.shape))
+        self.base_rate.update(x)
 
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
-        cfg = self.config
-        with torch.no_grad():
-            if self.data_count == 0:   # visible biases start at the base rate (Hinton 2010)
-                logit = base_rate_logit(x).to(self.c.dtype)
-                self.c.copy_(logit.mean().reshape(1, 1) if cfg.shared_visible_bias
-                             else logit.reshape(self.shape))
-            self.data_sum += x.double().sum(0)
-            self.data_count += x.shape[0]
-            if cfg.persistent:
-                if not self.chains_ready:
-                    self.chains.copy_(bernoulli(self.base_rate().expand(cfg.n_chains, -1)
-                                                .contiguous(), generator))
-                    self.chains_ready.fill_(True)
-                v_neg = self.gibbs(self.chains, cfg.cd_k, generator)
-                self.chains.copy_(v_neg)
-            else:
-                v_neg = self.gibbs(x, cfg.cd_k, generator)
+        self.observe(x)
         # CD/PCD: the gradient of -log p(x) is dF(x)/dtheta - E_model[dF(v)/dtheta]
-        self.optimizers()["sgd"].zero_grad(set_to_none=True)
-        gap = self.free_energy(x).mean() - self.free_energy(v_neg).mean()
-        gap.backward()
-        self.optimizers()["sgd"].step()
+        gap = self.free_energy_update(x, generator)
         with torch.no_grad():
             h, _ = self.sample_hidden(self.hidden_input(x), generator)
             recon = self.p_v(h)
         return {"recon_error": float(((x - recon) ** 2).sum(1).mean()),
-                "free_energy_gap": float(gap.detach())}
-
-    # --- sampling ------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator) -> Tensor:
-        v = bernoulli(self.base_rate().expand(n, -1).contiguous(), generator)
-        return self.gibbs(v, self.config.sample_steps, generator)
+                "free_energy_gap": float(gap)}
 
     # --- likelihood ----------------------------------------------------------------------
     @torch.no_grad()
-    def log_z_exact(self, max_bits: int = 20) -> float:
+    def exact_log_z(self, budget: Budget) -> float | None:
         """Exact log Z = log sum_v exp(-F(v)) by enumerating all 2^(H*W) images (float64)."""
-        return float(enumerate_log_z(self.neg_free_energy, self.data_dim, max_bits=max_bits,
-                                     chunk=2**12, device=self.W.device))
+        if self.data_dim > budget.exact_max_bits:
+            return None
+        return float(enumerate_log_z(self.neg_free_energy, self.data_dim,
+                                     max_bits=budget.exact_max_bits, chunk=2**12,
+                                     device=self.W.device))
 
     @torch.no_grad()
     def neg_free_energy(self, v: Tensor) -> Tensor:
         """-F(v) in float64, (n,): the annealing path's target (beta = 1)."""
         return self.annealing_path().log_f(v.double(), 1.0)
 
+    def log_f(self, x: Tensor, budget: Budget) -> Tensor:
+        return self.neg_free_energy(x)
+
     def annealing_path(self) -> "ConvRBMAnnealingPath":
-        return ConvRBMAnnealingPath(self, self.base_rate())
-
-    @torch.no_grad()
-    def log_z_ais(self, budget: Budget, generator: torch.Generator):
-        betas = beta_schedule(budget.ais_betas, budget.ais_schedule)
-        return ais_log_z(self.annealing_path(), betas, budget.ais_chains, generator,
-                         desc="AIS conv_rbm")
-
-    @torch.no_grad()
-    def raise_log_px(self, x: Tensor, budget: Budget, generator: torch.Generator) -> Tensor:
-        """RAISE (reverse AIS) per example, (n,): a stochastic lower bound of log p_ann(x).
-
-        The chain state is v (h summed out) and v -> h -> v is reversible for p_beta, so
-        each chain starts at the example with log w_start = -F(v) (Burda et al. 2015)."""
-        path = self.annealing_path()
-        start = lambda v, g: (v, path.log_f(v, 1.0))  # noqa: E731
-        betas = beta_schedule(budget.ais_betas, budget.ais_schedule)
-        return raise_log_likelihood(path, start, x.double(), self.config.raise_chains, betas,
-                                    generator, desc="RAISE conv_rbm")
-
-    def _ais_log_likelihood(self, x: Tensor, budget: Budget, generator: torch.Generator):
-        """Forward AIS estimate of log p(x); with raise_chains > 0 also the bounds
-        {"lower": RAISE, "upper": AIS} of the stochastic sandwich."""
-        res = self.log_z_ais(budget, generator)
-        info = {"ais_chains": budget.ais_chains, "ais_betas": budget.ais_betas,
-                "raise_chains": self.config.raise_chains}
-        if self.config.raise_chains:
-            lower = self.raise_log_px(x, budget, generator)
-            return ais_sandwich(self.neg_free_energy(x), res, lower, info=info)
-        return LogLikelihood(self.neg_free_energy(x) - res.log_z, "ais", "estimate",
-                             shared_stderr=res.stderr,
-                             info={"log_z": res.log_z, "log_z_stderr": res.stderr, **info})
-
-    @torch.no_grad()
-    def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
-                       budget: Budget) -> LogLikelihood:
-        """Exact when the image has at most ``budget.exact_max_bits`` pixels, else forward
-        AIS (kind "estimate", in expectation a stochastic upper bound since Z-hat is unbiased)
-        with the RAISE lower bound in ``bounds`` when raise_chains > 0."""
-        if self.data_dim <= budget.exact_max_bits:
-            log_z = self.log_z_exact(budget.exact_max_bits)
-            return LogLikelihood(self.neg_free_energy(x) - log_z, "exact", "exact",
-                                 info={"log_z": log_z})
-        return self._ais_log_likelihood(x, budget, generator)
-
-    @torch.no_grad()
-    def validation_estimates(self, x, *, generator, budget):
-        if self.data_dim > budget.exact_max_bits:
-            return {}
-        ais = self._ais_log_likelihood(x, budget, generator)
-        return sandwich_estimates(ais) if self.config.raise_chains else {"ais": ais}
+        return ConvRBMAnnealingPath(self)
 
     @torch.no_grad()
     def extras(self, x, *, generator, budget, classifier=None) -> Extras:
@@ -290,7 +214,7 @@ class ConvRBM(GenerativeModel):
         return Extras(images={"filters": canvas.reshape(k, -1).cpu()})
 
 
-class ConvRBMAnnealingPath:
+class ConvRBMAnnealingPath(BaseRatePath):
     """p_beta(v) ∝ exp(((1-beta) b_A + beta c)'v) prod_blocks (1 + sum_block exp(beta I(v))).
 
     The joint is p_beta(v, h) ∝ exp((1-beta) b_A'v - beta E(v, h)) under the pooling
@@ -300,21 +224,17 @@ class ConvRBMAnnealingPath:
     (Salakhutdinov & Murray 2008, sec. 4.2, with Lee et al.'s blocks in place of units).
     """
 
-    def __init__(self, model: ConvRBM, base_rate: Tensor):
+    def __init__(self, model: ConvRBM):
+        super().__init__(model.base_rate_logits())
         self.model = model
         self.W, self.b = model.W.detach().double(), model.b.detach().double()
         self.c = model.visible_bias().detach().double()
-        p = base_rate.double()
-        self.b_a = torch.log(p / (1 - p))
         hh, wh = (s - model.config.filter_size + 1 for s in model.shape)
         self.n_blocks = model.config.n_filters * (hh // model.config.pool) * (wh // model.config.pool)
 
     def base_log_z(self) -> float:
         return float(F.softplus(self.b_a).sum()
                      + self.n_blocks * math.log(self.model.config.pool ** 2 + 1))
-
-    def base_sample(self, n: int, generator: torch.Generator) -> Tensor:
-        return bernoulli(torch.sigmoid(self.b_a).expand(n, -1).contiguous(), generator)
 
     def log_f(self, v: Tensor, beta: float) -> Tensor:
         inp = beta * self.model.hidden_input(v, self.W, self.b)

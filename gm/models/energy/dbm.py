@@ -17,7 +17,9 @@ softplus(c1_j + v'W1_j + W2_j h2)).  f(v) is exact by enumerating the smaller hi
 when it is small (the other sums out), and so is log Z when h1 is small.  Otherwise log Z comes
 from forward AIS over (v, h2) (Salakhutdinov & Hinton 2009, sec. 4) with a RAISE lower bound
 (Burda et al. 2015) started from q(h2 | v), and the mean-field variational lower bound
-log p(v) >= E_q[-E(v, h)] + H(q) - log Z is reported too.
+log p(v) >= E_q[-E(v, h)] + H(q) - log Z is reported too (the strategy is
+:class:`~gm.models.energy.base.EnergyModel`'s; the DBM gives log f(v), its mean-field bound
+of log f(v), log Z, the annealing path and RAISE's start).
 """
 from __future__ import annotations
 
@@ -28,46 +30,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, GenerativeModel, LogLikelihood
-from gm.config import require
-from gm.estimators.ais import ais_log_z, beta_schedule
+from gm.base import Budget
+from gm.config import ranged
 from gm.estimators.exact import binary_states, enumerate_log_z
-from gm.estimators.raise_ais import ais_sandwich, raise_log_likelihood, sandwich_estimates
-from gm.models.rbm import base_rate, observe_batch
+from gm.models.energy.base import BaseRatePath, EnergyModel, SGDConfig
 from gm.ops import bernoulli
 from gm.registry import register
 
 
 @dataclass(frozen=True)
-class DBMConfig:
-    n_hidden1: int = 32
-    n_hidden2: int = 12
-    pretrain_epochs: int = 20     # epochs of greedy pretraining per layer, then joint training
-    pretrain_lr: float = 0.05     # CD-1 learning rate of the two pretraining RBMs
-    lr: float = 0.005             # joint-training learning rate, decayed as lr / (1 + t / tau)
-    lr_decay_steps: int = 2000    # tau (joint updates); 0 keeps lr constant
-    momentum: float = 0.5
-    weight_decay: float = 1e-4
-    init_std: float = 0.01
-    mf_steps: int = 10            # mean-field iterations of the positive phase
-    n_chains: int = 100           # persistent Gibbs chains of the negative phase
-    gibbs_steps: int = 1          # Gibbs steps per update
-    sample_steps: int = 500       # Gibbs steps per sample() chain
-    raise_chains: int = 5         # reverse-AIS chains per test example
-
-    def __post_init__(self):
-        for name in ("n_hidden1", "n_hidden2", "mf_steps", "n_chains", "gibbs_steps",
-                     "sample_steps", "raise_chains"):
-            v = getattr(self, name)
-            require(v >= 1, name, f"must be >= 1, got {v}")
-        require(self.pretrain_epochs >= 0, "pretrain_epochs",
-                f"must be >= 0, got {self.pretrain_epochs}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.pretrain_lr > 0, "pretrain_lr", f"must be > 0, got {self.pretrain_lr}")
-        require(self.lr_decay_steps >= 0, "lr_decay_steps",
-                f"must be >= 0, got {self.lr_decay_steps}")
-        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+class DBMConfig(SGDConfig):
+    n_hidden1: int = ranged(32, ge=1)
+    n_hidden2: int = ranged(12, ge=1)
+    pretrain_epochs: int = ranged(20, ge=0)   # epochs of greedy pretraining per layer, then
+                                              # joint training
+    pretrain_lr: float = ranged(0.05, gt=0)   # CD-1 learning rate of the two pretraining RBMs
+    lr: float = 0.005  # joint-training learning rate, decayed as
+                                                   # lr / (1 + t / tau)
+    lr_decay_steps: int = ranged(2000, ge=0)  # tau (joint updates); 0 keeps lr constant
+    mf_steps: int = ranged(10, ge=1)          # mean-field iterations of the positive phase
+    n_chains: int = ranged(100, ge=1)         # persistent Gibbs chains of the negative phase
+    gibbs_steps: int = ranged(1, ge=1)        # Gibbs steps per update
+    sample_steps: int = ranged(500, ge=1)     # Gibbs steps per sample() chain
 
 
 def _entropy(mu: Tensor) -> Tensor:
@@ -76,11 +60,11 @@ def _entropy(mu: Tensor) -> Tensor:
 
 
 @register("dbm")
-class DBM(GenerativeModel):
+class DBM(EnergyModel):
     """W1 (d, n1), W2 (n1, n2), biases b (d,), c1 (n1,), c2 (n2,)."""
 
     Config = DBMConfig
-    input_kind = "binary"
+    variational_bound = "mean_field"
 
     def __init__(self, data_dim: int, config: DBMConfig):
         super().__init__(data_dim, config)
@@ -90,20 +74,10 @@ class DBM(GenerativeModel):
         self.b = nn.Parameter(torch.zeros(data_dim))
         self.c1 = nn.Parameter(torch.zeros(n1))
         self.c2 = nn.Parameter(torch.zeros(n2))
-        self.register_buffer("data_sum", torch.zeros(data_dim, dtype=torch.float64))
-        self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.int64))
         self.register_buffer("chains_v", torch.zeros(config.n_chains, data_dim))
         self.register_buffer("chains_h2", torch.zeros(config.n_chains, n2))
         self.register_buffer("joint_steps", torch.zeros((), dtype=torch.int64))
-
-    def make_optimizers(self):
-        cfg = self.config
-        return {"sgd": torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                       weight_decay=cfg.weight_decay)}
-
-    def base_rate(self) -> Tensor:
-        return base_rate(self.data_sum, self.data_count).to(self.b.dtype)
 
     @property
     def phase(self) -> str:
@@ -124,7 +98,7 @@ class DBM(GenerativeModel):
             mu2 = torch.sigmoid(mu1 @ self.W2 + self.c2)
         return mu1, mu2
 
-    def gibbs(self, v: Tensor, h2: Tensor, steps: int, generator: torch.Generator):
+    def block_gibbs(self, v: Tensor, h2: Tensor, steps: int, generator: torch.Generator):
         """Block Gibbs h1 | (v, h2), then (v, h2) | h1; returns (v, h1, h2)."""
         h1 = None
         for _ in range(steps):
@@ -132,6 +106,11 @@ class DBM(GenerativeModel):
             v = bernoulli(torch.sigmoid(h1 @ self.W1.T + self.b), generator)
             h2 = bernoulli(torch.sigmoid(h1 @ self.W2 + self.c2), generator)
         return v, h1, h2
+
+    def chain_start_h2(self, n: int, generator: torch.Generator) -> Tensor:
+        """n uniform draws of h2, (n, n2)."""
+        return bernoulli(torch.full((n, self.config.n_hidden2), 0.5, device=self.b.device),
+                         generator)
 
     # --- training --------------------------------------------------------------------------
     def _cd1(self, x: Tensor, W: Tensor, b_vis: Tensor, b_hid: Tensor, up: float, down: float,
@@ -148,7 +127,7 @@ class DBM(GenerativeModel):
 
     @torch.no_grad()
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
-        observe_batch(x, self.data_sum, self.data_count, self.b)
+        self.observe(x)
         for p in self.parameters():   # parameters outside the current phase stay untouched
             p.grad = None
         phase = self.phase
@@ -163,13 +142,12 @@ class DBM(GenerativeModel):
             self.W2.grad, self.c2.grad = -dW, -dc
         else:
             if self.joint_steps == 0:   # persistent chains start at the base rate
-                self.chains_v.copy_(bernoulli(self.base_rate().expand_as(self.chains_v),
-                                              generator))
-                self.chains_h2.copy_(bernoulli(torch.full_like(self.chains_h2, 0.5), generator))
+                self.chains_v.copy_(self.chain_start(self.config.n_chains, generator))
+                self.chains_h2.copy_(self.chain_start_h2(self.config.n_chains, generator))
             self.joint_steps += 1
             mu1, mu2 = self.mean_field(x)
-            v, h1, h2 = self.gibbs(self.chains_v, self.chains_h2, self.config.gibbs_steps,
-                                   generator)
+            v, h1, h2 = self.block_gibbs(self.chains_v, self.chains_h2,
+                                         self.config.gibbs_steps, generator)
             self.chains_v.copy_(v)
             self.chains_h2.copy_(h2)
             n, m = x.shape[0], v.shape[0]
@@ -198,9 +176,9 @@ class DBM(GenerativeModel):
     # --- sampling --------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator) -> Tensor:
-        v = bernoulli(self.base_rate().expand(n, -1).contiguous(), generator)
-        h2 = bernoulli(torch.full((n, self.config.n_hidden2), 0.5, device=v.device), generator)
-        v, _, _ = self.gibbs(v, h2, self.config.sample_steps, generator)
+        v = self.chain_start(n, generator)
+        v, _, _ = self.block_gibbs(v, self.chain_start_h2(n, generator),
+                                   self.config.sample_steps, generator)
         return v
 
     # --- likelihood ------------------------------------------------------------------------
@@ -208,14 +186,15 @@ class DBM(GenerativeModel):
         return [p.detach().double() for p in (self.W1, self.W2, self.b, self.c1, self.c2)]
 
     @torch.no_grad()
-    def log_f_v(self, v: Tensor, max_bits: int = 20) -> Tensor:
-        """Exact log f(v) = log sum_{h1, h2} exp(-E(v, h1, h2)), (n,), enumerating the smaller
-        hidden layer (the other sums out analytically), in chunks of examples."""
+    def log_f(self, x: Tensor, budget: Budget) -> Tensor | None:
+        """log f(v) = log sum_{h1, h2} exp(-E(v, h1, h2)), (n,) float64, enumerating the
+        smaller hidden layer (the other sums out analytically), in chunks of examples; None
+        when that layer has more than budget.exact_max_bits units."""
         W1, W2, b, c1, c2 = self._params64()
-        v = v.double()
+        v = x.double()
         n1, n2 = W2.shape
-        if min(n1, n2) > max_bits:
-            raise ValueError(f"log_f_v: both hidden layers exceed {max_bits} bits")
+        if min(n1, n2) > budget.exact_max_bits:
+            return None
         h = binary_states(min(n1, n2), device=v.device, dtype=torch.float64)   # (S, k)
         if n2 <= n1:   # enumerate h2; h1 sums out: sum_j softplus(c1 + v'W1 + W2 h2)
             top, down = h @ c2, h @ W2.T                                      # (S,), (S, n1)
@@ -227,86 +206,45 @@ class DBM(GenerativeModel):
         return v @ b + torch.logsumexp(top + v @ W1 @ h.T, 1)
 
     @torch.no_grad()
-    def log_z_exact(self, max_bits: int = 20) -> float:
+    def exact_log_z(self, budget: Budget) -> float | None:
         """Exact log Z by enumerating h1 (v and h2 sum out given h1)."""
+        if self.config.n_hidden1 > budget.exact_max_bits:
+            return None
         W1, W2, b, c1, c2 = self._params64()
 
         def log_f(h):
             return h @ c1 + F.softplus(h @ W1.T + b).sum(1) + F.softplus(h @ W2 + c2).sum(1)
 
-        return float(enumerate_log_z(log_f, W2.shape[0], max_bits=max_bits, device=W1.device))
+        return float(enumerate_log_z(log_f, W2.shape[0], max_bits=budget.exact_max_bits,
+                                     device=W1.device))
 
     def annealing_path(self) -> "DBMAnnealingPath":
-        return DBMAnnealingPath(*self._params64(), self.base_rate())
+        return DBMAnnealingPath(self)
 
     @torch.no_grad()
-    def mean_field_bound(self, v: Tensor, log_z: float) -> Tensor:
-        """log p(v) >= E_q[-E(v, h)] + H(q) - log Z with the mean-field q(h | v), (n,)."""
-        mu1, mu2 = (m.double() for m in self.mean_field(v))
+    def variational_log_f(self, x: Tensor) -> Tensor:
+        """log f(v) >= E_q[-E(v, h)] + H(q) with the mean-field q(h | v), (n,) float64."""
+        mu1, mu2 = (m.double() for m in self.mean_field(x))
         W1, W2, b, c1, c2 = self._params64()
-        v = v.double()
+        v = x.double()
         neg_e = v @ b + mu1 @ c1 + mu2 @ c2 + ((v @ W1) * mu1).sum(1) + ((mu1 @ W2) * mu2).sum(1)
-        return neg_e + _entropy(mu1) + _entropy(mu2) - log_z
+        return neg_e + _entropy(mu1) + _entropy(mu2)
 
-    @torch.no_grad()
-    def raise_log_px(self, x: Tensor, budget: Budget, generator: torch.Generator) -> Tensor:
-        """RAISE per example, (n,), chains over (v, h2) started with h2 ~ q(h2 | v) (mean field)
-        and log w_start = log f(v, h2) - log q(h2 | v) (Burda et al. 2015)."""
-        path = self.annealing_path()
+    def raise_start(self, path):
+        """Chains over (v, h2) start with h2 ~ q(h2 | v) (mean field) and
+        log w_start = log f(v, h2) - log q(h2 | v) (Burda et al. 2015)."""
 
-        def start(v, g):
+        def start(v: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
             mu2 = self.mean_field(v)[1].double().clamp(1e-6, 1 - 1e-6)
-            h2 = bernoulli(mu2, g)
+            h2 = bernoulli(mu2, generator)
             s = torch.cat([v.double(), h2], 1)
             log_q = (h2 * mu2.log() + (1 - h2) * (1 - mu2).log()).sum(1)
             return s, path.log_f(s, 1.0) - log_q
 
-        betas = beta_schedule(budget.ais_betas, budget.ais_schedule)
-        return raise_log_likelihood(path, start, x, self.config.raise_chains, betas, generator,
-                                    desc="RAISE dbm")
-
-    def _exact_f(self, budget: Budget) -> bool:
-        return min(self.config.n_hidden1, self.config.n_hidden2) <= budget.exact_max_bits
-
-    @torch.no_grad()
-    def ais_estimates(self, x: Tensor, budget: Budget, generator: torch.Generator) -> LogLikelihood:
-        """Forward AIS log Z with RAISE beside it; the AIS sandwich when log f(v) is exact,
-        else the mean-field lower bound with RAISE as bounds["lower"]."""
-        betas = beta_schedule(budget.ais_betas, budget.ais_schedule)
-        res = ais_log_z(self.annealing_path(), betas, budget.ais_chains, generator, desc="AIS dbm")
-        lower = self.raise_log_px(x, budget, generator)
-        mf = self.mean_field_bound(x, res.log_z)
-        info = {"ais_chains": budget.ais_chains, "ais_betas": budget.ais_betas,
-                "raise_chains": self.config.raise_chains, "mean_field_bound": float(mf.mean())}
-        if self._exact_f(budget):
-            return ais_sandwich(self.log_f_v(x, budget.exact_max_bits), res, lower, info=info)
-        return LogLikelihood(mf, "mean_field+ais", "lower_bound", shared_stderr=res.stderr,
-                             bounds={"lower": lower},
-                             info={**info, "log_z": res.log_z, "log_z_stderr": res.stderr})
-
-    @torch.no_grad()
-    def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
-                       budget: Budget) -> LogLikelihood:
-        if self.config.n_hidden1 <= budget.exact_max_bits:
-            log_z = self.log_z_exact(budget.exact_max_bits)
-            return LogLikelihood(self.log_f_v(x, budget.exact_max_bits) - log_z, "exact", "exact",
-                                 info={"log_z": log_z})
-        return self.ais_estimates(x, budget, generator)
-
-    @torch.no_grad()
-    def validation_estimates(self, x, *, generator, budget):
-        """Beside an exact log p(x): AIS (with the RAISE/AIS sandwich), RAISE, and the
-        mean-field bound with the exact log Z (a true lower bound)."""
-        if self.config.n_hidden1 > budget.exact_max_bits:
-            return {}
-        out = sandwich_estimates(self.ais_estimates(x, budget, generator))
-        out["mean_field"] = LogLikelihood(
-            self.mean_field_bound(x, self.log_z_exact(budget.exact_max_bits)), "mean_field",
-            "lower_bound")
-        return out
+        return start
 
 
-class DBMAnnealingPath:
+class DBMAnnealingPath(BaseRatePath):
     """AIS path over s = (v, h2) with h1 summed out (Salakhutdinov & Hinton 2009, sec. 4):
 
     log f_beta(v, h2) = (1-beta) b_A'v + beta (b'v + c2'h2)
@@ -315,18 +253,17 @@ class DBMAnnealingPath:
     Z_0 = 2^(n1 + n2) prod_i (1 + exp(b_A,i)).  The transition h1 | s, then s | h1 is a
     data-augmentation kernel, reversible for p_beta (as RAISE needs)."""
 
-    def __init__(self, W1, W2, b, c1, c2, base_rate: Tensor):
-        self.W1, self.W2, self.b, self.c1, self.c2 = W1, W2, b, c1, c2
-        p = base_rate.double()
-        self.b_a = torch.log(p / (1 - p))
-        self.d = W1.shape[0]
+    def __init__(self, dbm: DBM):
+        super().__init__(dbm.base_rate_logits())
+        self.W1, self.W2, self.b, self.c1, self.c2 = dbm._params64()
+        self.d = self.W1.shape[0]
 
     def base_log_z(self) -> float:
         n1, n2 = self.W2.shape
         return float((n1 + n2) * math.log(2.0) + F.softplus(self.b_a).sum())
 
     def base_sample(self, n: int, generator: torch.Generator) -> Tensor:
-        v = bernoulli(torch.sigmoid(self.b_a).expand(n, -1).contiguous(), generator)
+        v = super().base_sample(n, generator)
         h2 = bernoulli(torch.full((n, self.W2.shape[1]), 0.5, dtype=v.dtype, device=v.device),
                        generator)
         return torch.cat([v, h2], 1)

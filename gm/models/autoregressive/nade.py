@@ -14,20 +14,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gm.config import require
-from gm.models.autoregressive import OrderedARConfig, OrderedBernoulliAR
+from gm.config import ranged
+from gm.models.autoregressive.base import OrderedARConfig, OrderedBernoulliAR
 from gm.ops import bernoulli
 from gm.registry import register
 
 
 @dataclass(frozen=True)
 class NADEConfig(OrderedARConfig):
-    n_hidden: int = 50
-    lr: float = 0.01
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.n_hidden >= 1, "n_hidden", f"must be >= 1, got {self.n_hidden}")
+    n_hidden: int = ranged(50, ge=1)
+    lr: float = ranged(0.01, gt=0)
 
 
 @register("nade")

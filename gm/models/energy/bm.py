@@ -20,38 +20,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, GenerativeModel, LogLikelihood
-from gm.config import require
-from gm.estimators.ais import ais_log_z, beta_schedule
+from gm.base import Budget
+from gm.config import ranged
 from gm.estimators.exact import binary_states, enumerate_log_z
-from gm.estimators.raise_ais import ais_sandwich, raise_log_likelihood, sandwich_estimates
-from gm.models.rbm import base_rate, observe_batch
-from gm.ops import bernoulli
+from gm.models.energy.base import BaseRatePath, EnergyModel, SGDConfig
 from gm.registry import register
 
 
 @dataclass(frozen=True)
-class BMConfig:
-    lr: float = 0.05
-    gradient: Literal["auto", "exact", "pcd"] = "auto"  # auto: exact when d <= exact_max_bits
-    exact_max_bits: int = 16      # enumerate 2^d states for the exact gradient up to this d
-    n_chains: int = 100           # persistent Gibbs chains (PCD)
-    gibbs_sweeps: int = 1         # sweeps over all units per PCD update
-    momentum: float = 0.5
-    weight_decay: float = 1e-4
-    init_std: float = 0.01
-    sample_sweeps: int = 200      # Gibbs sweeps per sample() chain
-    raise_chains: int = 5         # reverse-AIS chains per test example
-
-    def __post_init__(self):
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(1 <= self.exact_max_bits <= 24, "exact_max_bits",
-                f"must be in [1, 24], got {self.exact_max_bits}")
-        for name in ("n_chains", "gibbs_sweeps", "sample_sweeps", "raise_chains"):
-            v = getattr(self, name)
-            require(v >= 1, name, f"must be >= 1, got {v}")
-        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+class BMConfig(SGDConfig):
+    gradient: Literal["auto", "exact", "pcd"] = "auto"  # auto: exact when d <= exact_gradient_bits
+    exact_gradient_bits: int = ranged(16, ge=1, le=24)  # enumerate 2^d states for the exact
+                                                        # gradient up to this d
+    n_chains: int = ranged(100, ge=1)         # persistent Gibbs chains (PCD)
+    gibbs_sweeps: int = ranged(1, ge=1)       # sweeps over all units per PCD update
+    sample_sweeps: int = ranged(200, ge=1)    # Gibbs sweeps per sample() chain
 
 
 def gibbs_sweep(x: Tensor, U: Tensor, bias: Tensor, generator: torch.Generator, *,
@@ -78,19 +61,16 @@ def gibbs_sweep(x: Tensor, U: Tensor, bias: Tensor, generator: torch.Generator, 
 
 
 @register("bm")
-class BoltzmannMachine(GenerativeModel):
+class BoltzmannMachine(EnergyModel):
     """Fully visible BM: U (d, d) symmetric with zero diagonal, b (d,)."""
 
     Config = BMConfig
-    input_kind = "binary"
 
     def __init__(self, data_dim: int, config: BMConfig):
         super().__init__(data_dim, config)
         a = torch.triu(config.init_std * torch.randn(data_dim, data_dim), 1)
         self.U = nn.Parameter(a + a.T)
         self.b = nn.Parameter(torch.zeros(data_dim))
-        self.register_buffer("data_sum", torch.zeros(data_dim, dtype=torch.float64))
-        self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("chains", torch.zeros(config.n_chains, data_dim))  # PCD state
         self._states: tuple[Tensor, Tensor] | None = None   # cache for exact_statistics
 
@@ -98,26 +78,28 @@ class BoltzmannMachine(GenerativeModel):
     def exact_gradient(self) -> bool:
         cfg = self.config
         return cfg.gradient == "exact" or (cfg.gradient == "auto"
-                                           and self.data_dim <= cfg.exact_max_bits)
+                                           and self.data_dim <= cfg.exact_gradient_bits)
 
-    def log_f(self, x: Tensor) -> Tensor:
-        """-E(x) = x'Ux + b'x, (n,)."""
-        return ((x @ self.U) * x).sum(1) + x @ self.b
+    def neg_energy(self, x: Tensor) -> Tensor:
+        """-E(x) = x'Ux + b'x, (n,), in the dtype of x."""
+        U, b = self.U.to(x.dtype), self.b.to(x.dtype)
+        return ((x @ U) * x).sum(1) + x @ b
 
-    def base_rate(self) -> Tensor:
-        return base_rate(self.data_sum, self.data_count).to(self.b.dtype)
+    def gibbs(self, x: Tensor, sweeps: int, generator: torch.Generator) -> Tensor:
+        """``sweeps`` Gibbs sweeps over all units of x (n, d)."""
+        for _ in range(sweeps):
+            x = gibbs_sweep(x, self.U, self.b, generator)
+        return x
 
     # --- statistics and training ----------------------------------------------------------
     @torch.no_grad()
-    def model_statistics(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def model_statistics(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(E_model[x x'] (d, d), E_model[x] (d,)): exact by enumeration, or from the
-        persistent chains after ``gibbs_sweeps`` sweeps (which it advances)."""
+        persistent chains after ``gibbs_sweeps`` sweeps (which it advances; x is the batch
+        just observed)."""
         if self.exact_gradient:
             return self.exact_statistics()
-        x = self.chains
-        for _ in range(self.config.gibbs_sweeps):
-            x = gibbs_sweep(x, self.U, self.b, generator)
-        self.chains.copy_(x)
+        x = self.pcd_chains(x, self.config.gibbs_sweeps, generator)
         return x.T @ x / x.shape[0], x.mean(0)
 
     def exact_statistics(self) -> tuple[Tensor, Tensor]:
@@ -140,17 +122,10 @@ class BoltzmannMachine(GenerativeModel):
                         torch.cat([s_ab.T, (B * pb[:, None]).T @ B], 1)], 0)
         return xx, torch.cat([pa @ A, pb @ B])
 
-    def make_optimizers(self):
-        cfg = self.config
-        return {"sgd": torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                       weight_decay=cfg.weight_decay)}
-
     @torch.no_grad()
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
-        observe_batch(x, self.data_sum, self.data_count, self.b)
-        if self.data_count == x.shape[0] and not self.exact_gradient:  # first update: PCD chains
-            self.chains.copy_(bernoulli(self.base_rate().expand_as(self.chains), generator))
-        xx_model, x_model = self.model_statistics(generator)
+        self.observe(x)
+        xx_model, x_model = self.model_statistics(x, generator)
         dU = x.T @ x / x.shape[0] - xx_model            # book eq. 20.3, per pair (i, j)
         dU.fill_diagonal_(0.0)                          # x_i^2 = x_i: the diagonal is b's job
         self.U.grad = -dU
@@ -162,66 +137,37 @@ class BoltzmannMachine(GenerativeModel):
     # --- sampling --------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator) -> Tensor:
-        x = bernoulli(self.base_rate().expand(n, -1).contiguous(), generator)
-        for _ in range(self.config.sample_sweeps):
-            x = gibbs_sweep(x, self.U, self.b, generator)
-        return x
+        return self.gibbs(self.chain_start(n, generator), self.config.sample_sweeps, generator)
 
     # --- likelihood ------------------------------------------------------------------------
     @torch.no_grad()
-    def log_z_exact(self, max_bits: int = 20) -> float:
-        U, b = self.U.double(), self.b.double()
-        return float(enumerate_log_z(lambda s: ((s @ U) * s).sum(1) + s @ b, self.data_dim,
-                                     max_bits=max_bits, device=U.device))
+    def log_f(self, x: Tensor, budget: Budget) -> Tensor:
+        """-E(x) in float64, (n,)."""
+        return self.neg_energy(x.double())
+
+    @torch.no_grad()
+    def exact_log_z(self, budget: Budget) -> float | None:
+        """Exact log Z by enumerating all 2^d states."""
+        if self.data_dim > budget.exact_max_bits:
+            return None
+        return float(enumerate_log_z(self.neg_energy, self.data_dim,
+                                     max_bits=budget.exact_max_bits, device=self.U.device))
 
     def annealing_path(self) -> "BMAnnealingPath":
-        return BMAnnealingPath(self.U, self.b, self.base_rate())
-
-    @torch.no_grad()
-    def ais_sandwich(self, x: Tensor, budget: Budget, generator: torch.Generator) -> LogLikelihood:
-        """Forward-AIS log p(x) with bounds {"lower": RAISE, "upper": AIS}."""
-        path = self.annealing_path()
-        betas = beta_schedule(budget.ais_betas, budget.ais_schedule)
-        res = ais_log_z(path, betas, budget.ais_chains, generator, desc="AIS bm")
-        xd = x.double()
-        start = lambda v, g: (v, path.log_f(v, 1.0))  # noqa: E731
-        lower = raise_log_likelihood(path, start, xd, self.config.raise_chains, betas, generator,
-                                     desc="RAISE bm")
-        return ais_sandwich(path.log_f(xd, 1.0), res, lower, info={
-            "ais_chains": budget.ais_chains, "ais_betas": budget.ais_betas,
-            "raise_chains": self.config.raise_chains})
-
-    @torch.no_grad()
-    def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
-                       budget: Budget) -> LogLikelihood:
-        if self.data_dim <= budget.exact_max_bits:
-            log_z = self.log_z_exact(budget.exact_max_bits)
-            return LogLikelihood(self.log_f(x.to(self.U.dtype)).double() - log_z, "exact",
-                                 "exact", info={"log_z": log_z})
-        return self.ais_sandwich(x, budget, generator)
-
-    @torch.no_grad()
-    def validation_estimates(self, x, *, generator, budget):
-        if self.data_dim > budget.exact_max_bits:
-            return {}
-        return sandwich_estimates(self.ais_sandwich(x, budget, generator))
+        return BMAnnealingPath(self)
 
 
-class BMAnnealingPath:
+class BMAnnealingPath(BaseRatePath):
     """p_beta(x) ∝ exp((1-beta) b_A'x + beta (b'x + x'Ux)), from the base-rate model
     (independent units with biases b_A = logit(data mean), Z_0 = prod_i (1 + exp(b_A,i)))
     to the BM; transitions are Gibbs sweeps 1..d, and their reversals d..1 for RAISE."""
 
-    def __init__(self, U: Tensor, b: Tensor, base_rate: Tensor):
-        self.U, self.b = U.detach().double(), b.detach().double()
-        p = base_rate.double()
-        self.b_a = torch.log(p / (1 - p))
+    def __init__(self, bm: BoltzmannMachine):
+        super().__init__(bm.base_rate_logits())
+        self.U, self.b = bm.U.detach().double(), bm.b.detach().double()
 
     def base_log_z(self) -> float:
         return float(F.softplus(self.b_a).sum())
-
-    def base_sample(self, n: int, generator: torch.Generator) -> Tensor:
-        return bernoulli(torch.sigmoid(self.b_a).expand(n, -1).contiguous(), generator)
 
     def log_f(self, x: Tensor, beta: float) -> Tensor:
         return x @ ((1 - beta) * self.b_a + beta * self.b) + beta * ((x @ self.U) * x).sum(1)

@@ -5,7 +5,7 @@ A generator x = g(z), z ~ N(0, I), trained by minimising the maximum mean discre
 sqrt(MMD^2) between a minibatch of data and one of samples, with a sum of Gaussian kernels of
 several bandwidths (book eq. 20.82-20.83).  ``space: code`` is GMMN+AE: an autoencoder is
 trained first (``ae_epochs`` epochs), then frozen, and the GMMN matches the distribution of its
-codes; samples are decoded codes.  Evaluation: see :mod:`gm.models.implicit`.
+codes; samples are decoded codes.  Evaluation: see :mod:`gm.models.directed.base`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gm.config import require
-from gm.models.implicit import ImplicitConfig, ImplicitGenerator
+from gm.config import ranged, require
+from gm.models.directed.base import ImplicitConfig, ImplicitGenerator
 from gm.nets import mlp
 from gm.registry import register
 
@@ -35,27 +35,21 @@ def mmd_squared(x: Tensor, y: Tensor, bandwidths: tuple[float, ...]) -> Tensor:
 
 @dataclass(frozen=True)
 class GMMNConfig(ImplicitConfig):
-    hidden: tuple[int, ...] = (128, 128)
-    bandwidths: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)     # kernel widths in data space
-    lr: float = 1e-3
+    hidden: tuple[int, ...] = ranged((128, 128), ge=1, each=True)
+    bandwidths: tuple[float, ...] = ranged((1.0, 2.0, 4.0, 8.0), gt=0, each=True)  # kernel
+                                                            # widths in data space
+    lr: float = ranged(1e-3, gt=0)
     space: Literal["data", "code"] = "data"                 # "code" = GMMN+AE
-    code_dim: int = 16                                      # GMMN+AE: sigmoid code units
-    ae_hidden: tuple[int, ...] = (64,)
-    ae_epochs: int = 30                                     # GMMN+AE: autoencoder first
-    code_bandwidths: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # kernel widths in code space
+    code_dim: int = ranged(16, ge=1)                        # GMMN+AE: sigmoid code units
+    ae_hidden: tuple[int, ...] = ranged((64,), ge=1, each=True)
+    ae_epochs: int = ranged(30, ge=0)                       # GMMN+AE: autoencoder first
+    code_bandwidths: tuple[float, ...] = ranged((0.25, 0.5, 1.0, 2.0), gt=0, each=True)
+                                                            # ^ kernel widths in code space
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("hidden", "ae_hidden"):
-            v = getattr(self, name)
-            require(all(h >= 1 for h in v), name, f"sizes must be >= 1, got {v}")
         for name in ("bandwidths", "code_bandwidths"):
-            v = getattr(self, name)
-            require(len(v) >= 1 and all(s > 0 for s in v), name,
-                    f"need one or more widths > 0, got {v}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.code_dim >= 1, "code_dim", f"must be >= 1, got {self.code_dim}")
-        require(self.ae_epochs >= 0, "ae_epochs", f"must be >= 0, got {self.ae_epochs}")
+            require(len(getattr(self, name)) >= 1, name, "need one or more widths")
 
 
 @register("gmmn")

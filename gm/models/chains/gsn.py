@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gm.base import Budget, EitherView, Extras, GenerativeModel, check_data_view
-from gm.config import require
-from gm.models.ae_chain import (BaseRate, ChainSampler, chain_extras, check_finite,
-                                inpainting_extras, salt_and_pepper)
+from gm.config import Checked, ranged, require
+from gm.models.chains.base import (ChainSampler, chain_extras, check_finite, inpainting_extras,
+                                   salt_and_pepper)
 from gm.ops import bernoulli
 from gm.registry import register
 
@@ -35,28 +35,22 @@ State = tuple[Tensor, ...]   # (x, h_1, ..., h_L)
 
 
 @dataclass(frozen=True)
-class GSNConfig:
-    hidden: tuple[int, ...] = (128, 128)   # the paper's 2-layer deep GSN (1500, 1500 on MNIST)
-    input_noise: float = 0.3               # salt-and-pepper probability on x
-    hidden_noise: float = 0.3              # s of the pre-/post-activation Gaussian noise (paper: 2)
-    walkback: int = 4                      # unrolled steps per example (paper: 2 * layers)
-    lr: float = 1e-3                       # Adam
-    sample_steps: int = 100                # chain steps before a sample
+class GSNConfig(Checked):
+    hidden: tuple[int, ...] = ranged((128, 128), ge=1, each=True)  # the paper's 2-layer deep
+                                                   # GSN (1500, 1500 on MNIST)
+    input_noise: float = ranged(0.3, ge=0, lt=1)   # salt-and-pepper probability on x
+    hidden_noise: float = ranged(0.3, ge=0)        # s of the pre-/post-activation Gaussian
+                                                   # noise (paper: 2)
+    walkback: int = ranged(4, ge=1)                # unrolled steps per example (paper: 2 * layers)
+    lr: float = ranged(1e-3, gt=0)                 # Adam
+    sample_steps: int = ranged(100, ge=1)          # chain steps before a sample
     mean_field_x: bool = False             # sampling passes P(x | h_1) on instead of a draw
                                            # (always so on the real view)
-    parzen_sigma: float = 0.32    # fallback Parzen width until fit_bandwidth chooses one
     data_view: str = "binary"     # binary | real: the view of the dataset it trains on
 
     def __post_init__(self):
-        require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden",
-                f"must be a non-empty list of positive sizes, got {self.hidden}")
-        require(0 <= self.input_noise < 1, "input_noise",
-                f"must be in [0, 1), got {self.input_noise}")
-        require(self.hidden_noise >= 0, "hidden_noise", f"must be >= 0, got {self.hidden_noise}")
-        require(self.walkback >= 1, "walkback", f"must be >= 1, got {self.walkback}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.sample_steps >= 1, "sample_steps", f"must be >= 1, got {self.sample_steps}")
-        require(self.parzen_sigma > 0, "parzen_sigma", f"must be > 0, got {self.parzen_sigma}")
+        super().__post_init__()
+        require(len(self.hidden) >= 1, "hidden", "need one or more hidden layers")
         check_data_view(self.data_view)
 
 
@@ -74,12 +68,7 @@ class GSN(EitherView, ChainSampler, GenerativeModel):
             nn.Parameter(nn.Linear(sizes[l], sizes[l + 1]).weight.detach())
             for l in range(len(sizes) - 1))
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(s)) for s in sizes)
-        self.base_rate = BaseRate(data_dim)           # chains start from its draws
-        self.init_parzen_sigma()                      # set by fit_bandwidth (validation)
-
-    def make_optimizers(self):
-        cfg = self.config
-        return {"adam": torch.optim.Adam(self.parameters(), lr=cfg.lr)}
+        self.init_chains()                            # base rate (chain starts), Parzen sigma
 
     # --- the chain -----------------------------------------------------------------------
     def _noise(self, u: Tensor, generator: torch.Generator) -> Tensor:

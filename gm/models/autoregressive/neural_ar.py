@@ -17,21 +17,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gm.config import require
-from gm.models.autoregressive import OrderedARConfig, OrderedBernoulliAR, strictly_lower_mask
+from gm.config import ranged
+from gm.models.autoregressive.base import OrderedARConfig, OrderedBernoulliAR, strictly_lower_mask
 from gm.ops import bernoulli
 from gm.registry import register
 
 
 @dataclass(frozen=True)
 class NeuralARConfig(OrderedARConfig):
-    n_hidden: int = 4          # hidden units per position (group size)
-    direct: bool = True        # direct input -> output connections (logistic AR part)
-    lr: float = 0.005
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.n_hidden >= 1, "n_hidden", f"must be >= 1, got {self.n_hidden}")
+    n_hidden: int = ranged(4, ge=1)  # hidden units per position (group size)
+    direct: bool = True              # direct input -> output connections (logistic AR part)
+    lr: float = ranged(0.005, gt=0)
 
 
 @register("neural_ar")

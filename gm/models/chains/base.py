@@ -1,9 +1,11 @@
-"""Markov chains of autoencoder-based samplers (book sections 20.11-20.12), shared by cae, dae, gsn.
+"""Markov chains of autoencoder-based samplers (book sections 20.11-20.12), shared by cae, dae,
+gsn (and :func:`check_finite` by diffusion).
 
 A model exposes one chain transition ``step(state, generator) -> (state, view)``: ``state`` is
 whatever the chain carries (a tensor, or a tuple for a GSN's latent layers) and ``view`` is the
 (n, d) data-space picture of the new state in [0, 1] (the decoder's mean).  From it this module
 draws samples and the Parzen proxy with a validation-chosen bandwidth (:class:`ChainSampler`),
+starts chains at draws of the training data's base rate (:class:`gm.models.base_rate.BaseRate`),
 and measures sample quality as a function of chain length and mixing across classes along one
 chain (the report's "chain" figures).
 """
@@ -13,10 +15,11 @@ import math
 from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from gm.base import Budget, Extras, LogLikelihood
+from gm.base import Extras
 from gm.estimators.parzen import ParzenProxy
+from gm.models.base_rate import BaseRate
 from gm.ops import bernoulli
 
 Step = Callable[[Any, torch.Generator], tuple[Any, Tensor]]
@@ -34,32 +37,6 @@ def salt_and_pepper(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
     hit = bernoulli(torch.full_like(x, p), generator)
     coin = bernoulli(torch.full_like(x, 0.5), generator)
     return x * (1 - hit) + coin * hit
-
-
-class BaseRate(nn.Module):
-    """Running pixel means of the training data; chains start from their independent draws.
-
-    Buffers (so checkpoints resume exactly): total (d,) float64 sum, count () float64.
-    """
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.register_buffer("total", torch.zeros(d, dtype=torch.float64))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-
-    @torch.no_grad()
-    def update(self, x: Tensor) -> None:
-        self.total += x.double().sum(0)
-        self.count += x.shape[0]
-
-    def mean(self) -> Tensor:
-        """(d,) clipped pixel means, 0.5 before any data (:func:`gm.models.rbm.base_rate`)."""
-        from gm.models.rbm import base_rate
-        return base_rate(self.total, self.count).float()
-
-    def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        """(n, d) independent Bernoulli draws at the pixel means: where every chain starts."""
-        return bernoulli(self.mean().expand(n, -1).contiguous(), generator)
 
 
 @torch.no_grad()
@@ -91,14 +68,29 @@ class ChainSampler(ParzenProxy):
     """Mixin of the CAE, DAE and GSN: sampling and the Parzen proxy from their chains.
 
     The host (a GenerativeModel) defines ``chain_step(state, generator) -> (state, view)``,
-    ``chain_start(n, generator) -> state`` (n chains at noise), ``config.sample_steps`` (burn-in)
-    and ``config.parzen_sigma`` (the fallback bandwidth), and calls ``self.init_parzen_sigma()``
-    in ``__init__``.  ``fit_bandwidth`` (from :class:`gm.estimators.parzen.ParzenProxy`) chooses
-    sigma on validation data, as for the implicit generators; until it is called the proxy uses
-    config.parzen_sigma, labelled info["sigma_from_validation"] = 0.
+    ``config.sample_steps`` (burn-in) and ``config.lr`` (Adam on every parameter), calls
+    :meth:`init_chains` in ``__init__`` and ``self.base_rate.update(x)`` on every training
+    batch; it may override :meth:`chain_start` (n chains at noise: base-rate draws).
+    ``prepare_evaluation`` and ``log_likelihood`` are those of
+    :class:`gm.estimators.parzen.ParzenProxy`: sigma is chosen on validation data, as for the
+    implicit generators; until it is, the proxy uses ``budget.parzen_sigma`` (or cross-fitting
+    when that is None), labelled info["sigma_from_validation"] = 0.
     """
 
     PARZEN_CHAINS = 100   # parallel chains the Parzen samples are collected from
+
+    def init_chains(self) -> None:
+        """Register ``base_rate``, the training data's pixel means that chains start from, and
+        the Parzen bandwidth buffer."""
+        self.base_rate = BaseRate(self.data_dim)
+        self.init_parzen_sigma()
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+
+    def chain_start(self, n: int, generator: torch.Generator):
+        """The state of n chains at noise: independent base-rate draws x_0 (n, d)."""
+        return self.base_rate.sample(n, generator)
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator) -> Tensor:
@@ -113,13 +105,6 @@ class ChainSampler(ParzenProxy):
         :func:`chain_samples` (the way the GSN papers collect their Parzen samples)."""
         return chain_samples(self.chain_step, self.chain_start(self.PARZEN_CHAINS, generator),
                              m, self.config.sample_steps, generator)
-
-    @torch.no_grad()
-    def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
-                       budget: Budget) -> LogLikelihood:
-        """Parzen proxy of x (n, d): kind "proxy", never a likelihood."""
-        return self.parzen_proxy(x, generator=generator, budget=budget,
-                                 fallback_sigma=self.config.parzen_sigma)
 
 
 def _class_stats(logits: Tensor) -> dict[str, float]:

@@ -13,8 +13,10 @@ the ensemble averages probabilities, not log-probabilities:
 
     log p_ens(x) = log (1/K sum_{k<K} p_k(x)),
 
-the EXACT log-likelihood of the uniform mixture of the first K = ``eval_masks`` models (a
-normalised distribution whose sampler picks k uniformly, then samples p_k).  It is not the
+the EXACT log-likelihood of the uniform mixture of the first K models (a normalised
+distribution whose sampler picks k uniformly, then samples p_k).  K is an evaluation setting,
+``budget.ensemble_masks`` (0: all ``n_masks``); :meth:`MADE.prepare_evaluation` makes the
+sampler draw from that same mixture.  It is not the
 likelihood of any single ordering; by Jensen it is >= the mean of the log p_k(x).
 """
 from __future__ import annotations
@@ -26,30 +28,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.config import require
-from gm.models.autoregressive import ARConfig, AutoregressiveModel, sample_in_order
+from gm.base import Budget, LogLikelihood
+from gm.config import ranged, require
+from gm.errors import ConfigError
+from gm.models.autoregressive.base import ARConfig, AutoregressiveModel, sample_in_order
 from gm.registry import register
 
 
 @dataclass(frozen=True)
 class MADEConfig(ARConfig):
-    hidden_sizes: tuple[int, ...] = (500,)
-    n_masks: int = 8                 # orderings/connectivities trained on, one per minibatch
+    hidden_sizes: tuple[int, ...] = ranged((500,), ge=1, each=True)
+    n_masks: int = ranged(8, ge=1)   # orderings/connectivities trained on, one per minibatch
     order_agnostic: bool = True      # masks 1.. random orderings (mask 0, or all if False: raster)
     connectivity_agnostic: bool = True   # each mask its own hidden degrees (else mask 0's)
-    eval_masks: int = 0              # masks averaged at test time (0: all n_masks)
-    lr: float = 0.005
+    lr: float = ranged(0.005, gt=0)
 
     def __post_init__(self):
         super().__post_init__()
-        require(len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
-                "hidden_sizes", f"must be a non-empty list of sizes >= 1, got {self.hidden_sizes}")
-        require(self.n_masks >= 1, "n_masks", f"must be >= 1, got {self.n_masks}")
+        require(len(self.hidden_sizes) >= 1, "hidden_sizes", "need one or more hidden layers")
         require(self.n_masks == 1 or self.order_agnostic or self.connectivity_agnostic,
                 "n_masks", "several masks need order_agnostic or connectivity_agnostic "
                 "(otherwise they are all identical)")
-        require(0 <= self.eval_masks <= self.n_masks, "eval_masks",
-                f"must be in [0, n_masks={self.n_masks}], got {self.eval_masks}")
 
 
 @register("made")
@@ -82,10 +81,21 @@ class MADE(AutoregressiveModel):
         # dropped when a checkpoint replaces the buffers
         self._mask_cache: dict[tuple, list[Tensor]] = {}
         self.register_load_state_dict_post_hook(lambda module, _: module._mask_cache.clear())
+        self.n_eval_masks = config.n_masks   # the test-time ensemble; set by prepare_evaluation
 
-    @property
-    def n_eval_masks(self) -> int:
-        return self.config.eval_masks or self.config.n_masks
+    def ensemble_size(self, budget: Budget) -> int:
+        """Masks averaged at test time under ``budget``: ensemble_masks, 0 meaning all."""
+        k = budget.ensemble_masks or self.config.n_masks
+        if k > self.config.n_masks:
+            raise ConfigError("ensemble_masks", f"must be <= n_masks={self.config.n_masks} "
+                              f"of the trained model, got {k}")
+        return k
+
+    def prepare_evaluation(self, x_val: Tensor, *, generator: torch.Generator,
+                           budget: Budget) -> None:
+        """Evaluate, and sample, the mixture of the first ``budget.ensemble_masks`` masks (no
+        random draws; x_val is unused)."""
+        self.n_eval_masks = self.ensemble_size(budget)
 
     def ordering(self, k: int) -> Tensor:
         """Ordering of mask k: position t holds variable order[t], (d,) long."""
@@ -117,9 +127,10 @@ class MADE(AutoregressiveModel):
         return -F.binary_cross_entropy_with_logits(self.conditional_logits(x, k), x,
                                                    reduction="none").sum(1)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log of the ensemble (uniform mixture) over the first eval masks, (n,)."""
-        K = self.n_eval_masks
+    def log_prob(self, x: Tensor, masks: int | None = None) -> Tensor:
+        """Exact log of the ensemble (uniform mixture) over the first ``masks`` masks (default
+        :attr:`n_eval_masks`), (n,)."""
+        K = masks or self.n_eval_masks
         if K == 1:
             return self.log_prob_mask(x, 0)
         lp = torch.stack([self.log_prob_mask(x, k) for k in range(K)])
@@ -131,10 +142,13 @@ class MADE(AutoregressiveModel):
         self.mask_step += 1
         return -self.log_prob_mask(x, k).mean()
 
-    def log_likelihood(self, x, *, generator, budget):
-        ll = super().log_likelihood(x, generator=generator, budget=budget)
-        ll.info["ensemble_masks"] = float(self.n_eval_masks)
-        return ll
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
+                       budget: Budget) -> LogLikelihood:
+        """Exact log-likelihood of the mixture of the first ``budget.ensemble_masks`` masks."""
+        k = self.ensemble_size(budget)
+        return LogLikelihood(self.log_prob(x, k), "exact", "exact",
+                             info={"ensemble_masks": float(k)})
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator) -> Tensor:

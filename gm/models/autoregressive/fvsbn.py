@@ -10,14 +10,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gm.models.autoregressive import OrderedARConfig, OrderedBernoulliAR, strictly_lower_mask
+from gm.config import ranged
+from gm.models.autoregressive.base import OrderedARConfig, OrderedBernoulliAR, strictly_lower_mask
 from gm.ops import bernoulli
 from gm.registry import register
 
 
 @dataclass(frozen=True)
 class FVSBNConfig(OrderedARConfig):
-    lr: float = 0.02
+    lr: float = ranged(0.02, gt=0)
 
 
 @register("fvsbn")

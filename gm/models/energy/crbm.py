@@ -24,45 +24,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, Extras, GenerativeModel, LogLikelihood
-from gm.config import require
+from gm.base import Budget, Extras, LogLikelihood
+from gm.config import ranged
 from gm.errors import DataError
 from gm.estimators.ais import ais_log_z, beta_schedule, log_mean_exp_stderr
 from gm.estimators.exact import enumerate_log_z
-from gm.models.rbm import base_rate, observe_batch, bernoulli
+from gm.models.energy.base import BaseRatePath, EnergyModel, SGDConfig
+from gm.ops import bernoulli
 from gm.registry import register
 
 
 @dataclass(frozen=True)
-class CRBMConfig:
-    order: int = 2                # N: frames of history the biases depend on
-    n_hidden: int = 8             # exact likelihood enumerates 2^n_hidden states per frame
+class CRBMConfig(SGDConfig):
+    order: int = ranged(2, ge=1)              # N: frames of history the biases depend on
+    n_hidden: int = ranged(8, ge=1)           # exact likelihood enumerates 2^n_hidden states
+                                              # per frame
     lr: float = 0.1
-    cd_k: int = 1
     momentum: float = 0.9
-    weight_decay: float = 1e-4
-    init_std: float = 0.01
-    gibbs_steps: int = 30         # Gibbs rounds per generated frame
-    sample_frames: int = 20       # free-running frames before sample() returns the last one
-    n_continuations: int = 6      # test sequences continued in extras()
-
-    def __post_init__(self):
-        require(self.order >= 1, "order", f"must be >= 1, got {self.order}")
-        require(self.n_hidden >= 1, "n_hidden", f"must be >= 1, got {self.n_hidden}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.cd_k >= 1, "cd_k", f"must be >= 1, got {self.cd_k}")
-        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        require(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
-        require(self.gibbs_steps >= 1, "gibbs_steps", f"must be >= 1, got {self.gibbs_steps}")
-        require(self.sample_frames >= 1, "sample_frames",
-                f"must be >= 1, got {self.sample_frames}")
-        require(self.n_continuations >= 1, "n_continuations",
-                f"must be >= 1, got {self.n_continuations}")
+    cd_k: int = ranged(1, ge=1)
+    gibbs_steps: int = ranged(30, ge=1)       # Gibbs rounds per generated frame
+    sample_frames: int = ranged(20, ge=1)     # free-running frames before sample() returns
+                                              # the last one
 
 
 @register("crbm")
-class CRBM(GenerativeModel):
+class CRBM(EnergyModel):
     """Conditional RBM: W (d, n_hidden), b (d,), c (n_hidden,), autoregressive weights
     A (N d, d) and history-to-hidden weights B (N d, n_hidden)."""
 
@@ -78,8 +64,6 @@ class CRBM(GenerativeModel):
         self.B = nn.Parameter(config.init_std * torch.randn(nu, nh))
         self.b = nn.Parameter(torch.zeros(d))
         self.c = nn.Parameter(torch.zeros(nh))
-        self.register_buffer("data_sum", torch.zeros(d, dtype=torch.float64))
-        self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
 
     # --- windows and dynamic biases ------------------------------------------------------
     def windows(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,31 +98,23 @@ class CRBM(GenerativeModel):
         return v
 
     # --- training ------------------------------------------------------------------------
-    def make_optimizers(self):
-        cfg = self.config
-        return {"sgd": torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                       weight_decay=cfg.weight_decay)}
-
-    def base_rate(self) -> Tensor:
-        """Training-frame pixel means, clipped to [0.005, 0.995] (d,)."""
-        return base_rate(self.data_sum, self.data_count).to(self.W.dtype)
-
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         """CD-k on every window of the sequences x (B, T, d)."""
         u, v = self.windows(x)
+        self.observe(v)
         with torch.no_grad():
-            observe_batch(v, self.data_sum, self.data_count, self.b)
             bv, bh = self.dynamic_biases(u)
             v_neg = self.gibbs(v, bv, bh, self.config.cd_k, generator)
-        self.optimizers()["sgd"].zero_grad(set_to_none=True)
-        bv, bh = self.dynamic_biases(u)
-        gap = self.free_energy(v, bv, bh).mean() - self.free_energy(v_neg, bv, bh).mean()
-        gap.backward()
-        self.optimizers()["sgd"].step()
-        with torch.no_grad():
+
+        def gap():   # the same biases, now differentiable
+            bv_, bh_ = self.dynamic_biases(u)
+            return self.free_energy(v, bv_, bh_).mean() - self.free_energy(v_neg, bv_, bh_).mean()
+
+        gap = self.descend(gap)
+        with torch.no_grad():   # reconstruction: the updated W, the biases before the update
             recon = self.gibbs(v, bv, bh, 1, generator, mean=True)
         return {"recon_error": float(((v - recon) ** 2).sum(1).mean()),
-                "free_energy_gap": float(gap.detach())}
+                "free_energy_gap": float(gap)}
 
     # --- generation ----------------------------------------------------------------------
     @torch.no_grad()
@@ -169,7 +145,7 @@ class CRBM(GenerativeModel):
 
     # --- likelihood ----------------------------------------------------------------------
     @torch.no_grad()
-    def log_z_exact(self, bv: Tensor, bh: Tensor, max_bits: int = 20) -> Tensor:
+    def conditional_log_z(self, bv: Tensor, bh: Tensor, max_bits: int = 20) -> Tensor:
         """log Z(u) for dynamic biases (m, d), (m, n_hidden) by enumerating h: (m,) float64.
 
         log Z = log sum_h exp(bh'h + sum_i softplus(bv_i + W_i h)).  The d-term sums run in
@@ -191,10 +167,10 @@ class CRBM(GenerativeModel):
         return torch.cat(parts)
 
     @torch.no_grad()
-    def log_z_ais(self, bv: Tensor, bh: Tensor, budget: Budget,
-                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def conditional_log_z_ais(self, bv: Tensor, bh: Tensor, budget: Budget,
+                              generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """AIS estimate of every log Z(u), budget.ais_chains chains each: (m,), stderrs (m,)."""
-        path = DynamicBiasPath(self.W, bv, bh, self.base_rate(), budget.ais_chains)
+        path = DynamicBiasPath(self.W, bv, bh, self.base_rate_logits(), budget.ais_chains)
         betas = beta_schedule(budget.ais_betas, budget.ais_schedule)
         res = ais_log_z(path, betas, path.n_states, generator, desc="AIS crbm")
         per = [log_mean_exp_stderr(w) for w in res.log_weights.view(bv.shape[0], -1)]
@@ -210,11 +186,11 @@ class CRBM(GenerativeModel):
         info = {"predicted_frames_per_sequence": float(n_pred),
                 "history_frames": float(self.config.order)}
         if method == "exact":
-            log_z = self.log_z_exact(bv, bh, budget.exact_max_bits).cpu()
+            log_z = self.conditional_log_z(bv, bh, budget.exact_max_bits).cpu()
             values = (neg_f.cpu() - log_z).view(-1, n_pred).mean(1)
             return LogLikelihood(values, "exact", "exact", info=info)
         chunk = max(1, budget.batch_size * 20 // budget.ais_chains)
-        zs = [self.log_z_ais(bv[s:s + chunk], bh[s:s + chunk], budget, generator)
+        zs = [self.conditional_log_z_ais(bv[s:s + chunk], bh[s:s + chunk], budget, generator)
               for s in range(0, bv.shape[0], chunk)]
         log_z, se = torch.cat([z[0] for z in zs]), torch.cat([z[1] for z in zs])
         values = (neg_f.cpu() - log_z).view(-1, n_pred).mean(1)
@@ -228,7 +204,11 @@ class CRBM(GenerativeModel):
                        budget: Budget) -> LogLikelihood:
         """Per sequence (n,): the MEAN over frames t = N..T-1 of log p(v_t | v_{t-N..t-1}),
         in nats per predicted frame.  Exact (enumerating 2^n_hidden hidden states per
-        conditional) when n_hidden <= budget.exact_max_bits, else AIS per conditional."""
+        conditional) when n_hidden <= budget.exact_max_bits, else AIS per conditional.
+
+        Every conditional has its own log Z(u_t), so the model has no single log Z
+        (``exact_log_z`` and ``annealing_path`` give None) and this replaces the
+        :class:`~gm.models.energy.base.EnergyModel` strategy."""
         exact = self.config.n_hidden <= budget.exact_max_bits
         return self._conditional(x, generator, budget, "exact" if exact else "ais")
 
@@ -245,12 +225,12 @@ class CRBM(GenerativeModel):
 
     @torch.no_grad()
     def extras(self, x, *, generator, budget, classifier=None) -> Extras:
-        """images["continuations"]: for the first n_continuations test sequences, the true
-        frames (T of them) then the same N context frames followed by T - N generated
+        """images["continuations"]: for the first budget.n_continuations test sequences, the
+        true frames (T of them) then the same N context frames followed by T - N generated
         frames: (2 n_continuations T, d), two rows of T frames per sequence.
         metrics["continuation_pixel_error_1"/"_all"]: mean squared pixel error per frame of
         the first / all generated frames against the truth."""
-        x = x[: self.config.n_continuations].to(self.W.dtype)
+        x = x[: budget.n_continuations].to(self.W.dtype)
         n_ctx, t = self.config.order, x.shape[1]
         gen = self.continue_sequences(x[:, :n_ctx], t - n_ctx, generator)
         err = ((gen - x[:, n_ctx:]) ** 2).sum(-1)         # (n, T-N)
@@ -261,7 +241,7 @@ class CRBM(GenerativeModel):
                       grid_cols={"continuations": t})
 
 
-class DynamicBiasPath:
+class DynamicBiasPath(BaseRatePath):
     """AIS path for many RBMs that share W but have their own biases (bv_m, bh_m), run
     together as ``chains`` chains per RBM (state (m chains, d), RBM-major order):
 
@@ -271,19 +251,15 @@ class DynamicBiasPath:
     log Z_0 = n_hidden log 2 + sum_i softplus(b_A,i) serves all (Salakhutdinov & Murray 2008).
     """
 
-    def __init__(self, W: Tensor, bv: Tensor, bh: Tensor, base_rate: Tensor, chains: int):
+    def __init__(self, W: Tensor, bv: Tensor, bh: Tensor, b_a: Tensor, chains: int):
+        super().__init__(b_a)
         self.W = W.detach().double()
         self.bv = bv.detach().double().repeat_interleave(chains, 0)
         self.bh = bh.detach().double().repeat_interleave(chains, 0)
-        p = base_rate.double()
-        self.b_a = torch.log(p / (1 - p))
         self.n_states = self.bv.shape[0]
 
     def base_log_z(self) -> float:
         return float(self.W.shape[1] * math.log(2.0) + F.softplus(self.b_a).sum())
-
-    def base_sample(self, n: int, generator: torch.Generator) -> Tensor:
-        return bernoulli(torch.sigmoid(self.b_a).expand(n, -1).contiguous(), generator)
 
     def log_f(self, v: Tensor, beta: float) -> Tensor:
         return (((1 - beta) * self.b_a + beta * self.bv) * v).sum(1) \

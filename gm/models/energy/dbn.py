@@ -1,7 +1,7 @@
 """Deep belief network (book section 20.3; Hinton, Osindero & Teh 2006).
 
 A stack of L binary RBMs trained greedily, one layer at a time: layer l is trained (CD-k or
-PCD, :class:`~gm.models.rbm.RBM`) on samples of h_l ~ Q(h_l | h_{l-1}) propagated up through the
+PCD, :class:`~gm.models.energy.rbm.RBM`) on samples of h_l ~ Q(h_l | h_{l-1}) propagated up through the
 layers below.  The generative model is the top RBM over (h_{L-1}, h_L) with directed sigmoid
 layers p(h_{l-1} | h_l) below it; sampling runs Gibbs in the top RBM then one ancestral pass down.
 
@@ -9,7 +9,9 @@ log p(v) is bounded below with the up-pass Q(h | v) = prod_l Q(h_l | h_{l-1}) as
 (Salakhutdinov & Murray 2008, sec. 5), in its importance-weighted form
 log (1/k) sum_i p(v, h^i) / Q(h^i | v) (Burda et al. 2016), which is >= the variational bound in
 expectation and tends to log p(v) as k grows; log Z of the top RBM is exact when it is small
-enough, else AIS (then the bound holds only up to the AIS error).
+enough, else AIS (then the bound holds only up to the AIS error): the top RBM's own
+``exact_log_z`` and ``log_z_ais`` (:class:`~gm.models.energy.base.EnergyModel`).  The DBN is
+not itself an energy model (its lower layers are directed), so it has no single annealing path.
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gm.base import Budget, GenerativeModel, LogLikelihood
-from gm.config import require
+from gm.config import ranged, require
 from gm.estimators.importance import importance_log_likelihood
-from gm.models.rbm import RBM, CDConfig, RBMConfig
+from gm.models.energy.base import CDConfig
+from gm.models.energy.rbm import RBM, RBMConfig
 from gm.ops import bernoulli
 from gm.registry import register
 
@@ -32,17 +35,17 @@ class DBNConfig(CDConfig):
     """Layer sizes and greedy schedule; the CDConfig fields train every layer's RBM
     (sample_steps: Gibbs steps in the top RBM per sample() chain)."""
 
-    hidden: tuple[int, ...] = (32, 16)       # sizes of h_1 ... h_L (2 or 3 layers)
-    layer_epochs: tuple[int, ...] = (10, 10)  # greedy schedule; the top layer keeps training after
+    hidden: tuple[int, ...] = ranged((32, 16), ge=1, each=True)  # sizes of h_1 ... h_L
+    layer_epochs: tuple[int, ...] = ranged((10, 10), ge=1, each=True)  # greedy schedule; the
+                                                            # top layer keeps training after
 
     def __post_init__(self):
         super().__post_init__()
-        require(2 <= len(self.hidden) <= 4 and all(h >= 1 for h in self.hidden), "hidden",
-                f"must be 2 to 4 positive layer sizes, got {self.hidden}")
-        require(len(self.layer_epochs) == len(self.hidden)
-                and all(e >= 1 for e in self.layer_epochs), "layer_epochs",
-                f"must give >= 1 epoch for each of the {len(self.hidden)} layers, "
-                f"got {self.layer_epochs}")
+        require(2 <= len(self.hidden) <= 4, "hidden",
+                f"must be 2 to 4 layer sizes, got {list(self.hidden)}")
+        require(len(self.layer_epochs) == len(self.hidden), "layer_epochs",
+                f"must give the epochs of each of the {len(self.hidden)} layers, "
+                f"got {list(self.layer_epochs)}")
 
     def rbm_config(self, n_hidden: int) -> RBMConfig:
         return RBMConfig(n_hidden=n_hidden, **self.cd_fields())
@@ -58,7 +61,6 @@ class DBN(GenerativeModel):
     """Layers: RBMs of sizes (d, h_1), (h_1, h_2), ...; the last one is the top RBM."""
 
     Config = DBNConfig
-    input_kind = "binary"
 
     def __init__(self, data_dim: int, config: DBNConfig):
         super().__init__(data_dim, config)
@@ -115,9 +117,8 @@ class DBN(GenerativeModel):
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
                        budget: Budget) -> LogLikelihood:
         top = self.layers[-1]
-        if min(top.data_dim, top.config.n_hidden) <= budget.exact_max_bits:
-            log_z, se, z_method = top.log_z_exact(budget.exact_max_bits), 0.0, "exact"
-        else:
+        log_z, se, z_method = top.exact_log_z(budget), 0.0, "exact"
+        if log_z is None:
             res = top.log_z_ais(budget, generator)
             log_z, se, z_method = res.log_z, res.stderr, "ais"
         k = budget.importance_samples

@@ -19,28 +19,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gm.base import Budget, EitherView, Extras, GenerativeModel, check_data_view
-from gm.config import require
-from gm.models.ae_chain import BaseRate, ChainSampler, chain_extras, check_finite
+from gm.config import Checked, ranged
+from gm.models.chains.base import ChainSampler, chain_extras, check_finite
 from gm.registry import register
 
 
 @dataclass(frozen=True)
-class CAEConfig:
-    n_hidden: int = 256
-    contraction: float = 0.1      # lambda of the Jacobian penalty
-    lr: float = 1e-3              # Adam
-    sample_noise: float = 1.0     # sigma of eps in h' = h + J J' eps
-    sample_steps: int = 100       # chain steps before a sample
-    parzen_sigma: float = 0.25    # fallback Parzen width until fit_bandwidth chooses one
+class CAEConfig(Checked):
+    n_hidden: int = ranged(256, ge=1)
+    contraction: float = ranged(0.1, ge=0)   # lambda of the Jacobian penalty
+    lr: float = ranged(1e-3, gt=0)           # Adam
+    sample_noise: float = ranged(1.0, ge=0)  # sigma of eps in h' = h + J J' eps
+    sample_steps: int = ranged(100, ge=1)    # chain steps before a sample
     data_view: str = "binary"     # binary | real: the view of the dataset it trains on
 
     def __post_init__(self):
-        require(self.n_hidden >= 1, "n_hidden", f"must be >= 1, got {self.n_hidden}")
-        require(self.contraction >= 0, "contraction", f"must be >= 0, got {self.contraction}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.sample_noise >= 0, "sample_noise", f"must be >= 0, got {self.sample_noise}")
-        require(self.sample_steps >= 1, "sample_steps", f"must be >= 1, got {self.sample_steps}")
-        require(self.parzen_sigma > 0, "parzen_sigma", f"must be > 0, got {self.parzen_sigma}")
+        super().__post_init__()
         check_data_view(self.data_view)
 
 
@@ -55,12 +49,7 @@ class CAE(EitherView, ChainSampler, GenerativeModel):
         enc = nn.Linear(data_dim, config.n_hidden)      # torch's default init, seeded by the pipeline
         self.W, self.b = nn.Parameter(enc.weight.detach()), nn.Parameter(enc.bias.detach())
         self.c = nn.Parameter(torch.zeros(data_dim))
-        self.base_rate = BaseRate(data_dim)           # chains start from its draws
-        self.init_parzen_sigma()                      # set by fit_bandwidth (validation)
-
-    def make_optimizers(self):
-        cfg = self.config
-        return {"adam": torch.optim.Adam(self.parameters(), lr=cfg.lr)}
+        self.init_chains()                            # base rate (chain starts), Parzen sigma
 
     def encode(self, x: Tensor) -> Tensor:
         """h = f(x), (n, n_hidden)."""
@@ -103,10 +92,6 @@ class CAE(EitherView, ChainSampler, GenerativeModel):
         h = self.encode(x) + torch.einsum("nhd,nd->nh", J, step_x)
         x_next = torch.sigmoid(self.decode_logits(h))
         return x_next, x_next
-
-    def chain_start(self, n: int, generator: torch.Generator) -> Tensor:
-        """x_0 (n, d): n chains started at independent base-rate draws."""
-        return self.base_rate.sample(n, generator)
 
     @torch.no_grad()
     def extras(self, x: Tensor, *, generator: torch.Generator, budget: Budget,

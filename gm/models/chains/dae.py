@@ -8,7 +8,7 @@ its stationary distribution estimates the data distribution (Bengio et al. 2013,
 Walk-back training (20.11.3) starts that chain at a training example and penalises the
 reconstruction of the example from every corrupted state along it.  Clamping part of x in the
 chain samples the rest conditionally (inpainting).  log_likelihood is the Parzen proxy
-(:class:`gm.models.ae_chain.ChainSampler`).  "dae_walkback" is the same model with walk-back
+(:class:`gm.models.chains.base.ChainSampler`).  "dae_walkback" is the same model with walk-back
 training on by default, for the one-step vs walk-back comparison.
 """
 from __future__ import annotations
@@ -20,29 +20,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gm.base import Budget, Extras, GenerativeModel
-from gm.config import require
-from gm.models.ae_chain import (BaseRate, ChainSampler, chain_extras, check_finite,
-                                inpainting_extras, salt_and_pepper)
+from gm.config import Checked, ranged
+from gm.models.chains.base import (ChainSampler, chain_extras, check_finite, inpainting_extras,
+                                   salt_and_pepper)
 from gm.ops import bernoulli
 from gm.registry import register
 
 
 @dataclass(frozen=True)
-class DAEConfig:
-    n_hidden: int = 256
-    corruption: float = 0.3       # salt-and-pepper probability of C(x~ | x)
-    walkback: int = 1             # reconstruction terms per example (20.11.3); 1 = one-step DAE
-    lr: float = 1e-3              # Adam
-    sample_steps: int = 100       # chain steps (burn-in) before a sample / inpainting result
-    parzen_sigma: float = 0.25    # fallback Parzen width until fit_bandwidth chooses one
-
-    def __post_init__(self):
-        require(self.n_hidden >= 1, "n_hidden", f"must be >= 1, got {self.n_hidden}")
-        require(0 < self.corruption < 1, "corruption", f"must be in (0, 1), got {self.corruption}")
-        require(self.walkback >= 1, "walkback", f"must be >= 1, got {self.walkback}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.sample_steps >= 1, "sample_steps", f"must be >= 1, got {self.sample_steps}")
-        require(self.parzen_sigma > 0, "parzen_sigma", f"must be > 0, got {self.parzen_sigma}")
+class DAEConfig(Checked):
+    n_hidden: int = ranged(256, ge=1)
+    corruption: float = ranged(0.3, gt=0, lt=1)  # salt-and-pepper probability of C(x~ | x)
+    walkback: int = ranged(1, ge=1)     # reconstruction terms per example (20.11.3); 1 = one-step
+    lr: float = ranged(1e-3, gt=0)      # Adam
+    sample_steps: int = ranged(100, ge=1)  # chain steps (burn-in) before a sample / inpainting
 
 
 @register("dae")
@@ -56,12 +47,7 @@ class DAE(ChainSampler, GenerativeModel):
         super().__init__(data_dim, config)
         self.encoder = nn.Sequential(nn.Linear(data_dim, config.n_hidden), nn.Tanh())
         self.decoder = nn.Linear(config.n_hidden, data_dim)
-        self.base_rate = BaseRate(data_dim)           # chains start from its draws
-        self.init_parzen_sigma()                      # set by fit_bandwidth (validation)
-
-    def make_optimizers(self):
-        cfg = self.config
-        return {"adam": torch.optim.Adam(self.parameters(), lr=cfg.lr)}
+        self.init_chains()                            # base rate (chain starts), Parzen sigma
 
     def reconstruction_logits(self, x_tilde: Tensor) -> Tensor:
         """omega = g(f(x~)): logits of P(x | x~), (n, d)."""
@@ -104,10 +90,6 @@ class DAE(ChainSampler, GenerativeModel):
         p = torch.sigmoid(self.reconstruction_logits(x_tilde))            # 2-3. encode, decode
         return bernoulli(p, generator), p                                 # 4. sample
 
-    def chain_start(self, n: int, generator: torch.Generator) -> Tensor:
-        """x_0 (n, d): n chains started at independent base-rate draws."""
-        return self.base_rate.sample(n, generator)
-
     @torch.no_grad()
     def inpaint(self, x: Tensor, observed: Tensor, generator: torch.Generator) -> Tensor:
         """Fill in x where ``observed`` (d,) bool is False by the chain with x[observed] clamped.
@@ -138,7 +120,7 @@ class DAE(ChainSampler, GenerativeModel):
 
 @dataclass(frozen=True)
 class DAEWalkbackConfig(DAEConfig):
-    walkback: int = 3             # walk-back training (20.11.3) by default
+    walkback: int = ranged(3, ge=1)     # walk-back training (20.11.3) by default
 
 
 @register("dae_walkback")

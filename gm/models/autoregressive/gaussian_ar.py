@@ -14,13 +14,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gm.models.autoregressive import LOG_2PI, ARConfig, AutoregressiveModel, strictly_lower_mask
+from gm.config import ranged
+from gm.models.autoregressive.base import (LOG_2PI, ARConfig, AutoregressiveModel,
+                                           strictly_lower_mask)
 from gm.registry import register
 
 
 @dataclass(frozen=True)
 class GaussianARConfig(ARConfig):
-    lr: float = 0.005
+    lr: float = ranged(0.005, gt=0)
 
 
 @register("gaussian_ar")

@@ -6,7 +6,7 @@ double the side and halve the channels, ReLU between, sigmoid at the end.  Discr
 mirror image, ``u`` strided convolutions (no pooling) with leaky ReLU, then a linear logit.
 Batch normalisation is left out: the pipeline does not switch models to eval mode, and without
 it samples do not depend on the batch they are drawn in.  Training and evaluation are the
-GAN's (non-saturating loss, :mod:`gm.models.gan`).
+GAN's (non-saturating loss, :mod:`gm.models.directed.gan`).
 """
 from __future__ import annotations
 
@@ -15,31 +15,27 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from gm.config import require
-from gm.errors import ConfigError
-from gm.models.gan import GAN, GANConfig
+from gm.config import ranged
+from gm.errors import ConfigError, DataError
+from gm.models.directed.gan import GAN, GANConfig
 from gm.registry import register
 
 
 @dataclass(frozen=True)
 class DCGANConfig(GANConfig):
-    channels: int = 16        # channels of the last generator / first discriminator layer
-    upsamplings: int = 2      # stride-2 (transposed) convolutions u; the side must divide by 2^u
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.channels >= 1, "channels", f"must be >= 1, got {self.channels}")
-        require(self.upsamplings >= 1, "upsamplings", f"must be >= 1, got {self.upsamplings}")
+    channels: int = ranged(16, ge=1)    # channels of the last generator / first discriminator
+    upsamplings: int = ranged(2, ge=1)  # stride-2 (transposed) convolutions u; the side must
+                                        # divide by 2^u
 
 
 def image_side(data_dim: int, upsamplings: int) -> int:
     """Side s of the square images, checked to be an integer divisible by 2^upsamplings."""
     side = math.isqrt(data_dim)
     if side * side != data_dim:
-        raise ConfigError("models.dcgan", f"data_dim {data_dim} is not a square image",
-                          "use a dataset of square images or the MLP gan")
+        raise DataError(f"dcgan: data of dimension {data_dim} is not a square image; "
+                        "use a dataset of square images or the MLP gan")
     if side % 2**upsamplings:
-        raise ConfigError("models.dcgan.model.upsamplings",
+        raise ConfigError("upsamplings",
                           f"image side {side} is not divisible by 2^{upsamplings}",
                           "lower upsamplings")
     return side

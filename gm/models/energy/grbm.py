@@ -14,7 +14,7 @@ dequantised digits (standard deviation ~ 1/17/sqrt(12)) get a narrow density.  s
 at ``min_sigma`` in data units.  ``learn_sigma=False`` is the unit-variance GRBM on standardised
 data.  log p(x) = log p(v) - sum_i log scale_i is a density of the data as given.
 
-Training is CD-k or PCD like :class:`~gm.models.rbm.RBM`: the gradient of log p(v) is
+Training is CD-k or PCD like :class:`~gm.models.energy.rbm.RBM`: the gradient of log p(v) is
 -dF(v_data)/dtheta + dF(v_model)/dtheta with the free energy F below, taken by autograd.
 
 log p(v) = -F(v) - log Z is a density in nats.  The free energy sums h out:
@@ -23,7 +23,9 @@ v integrates out analytically for each h (a Gaussian), so
 log Z = logsumexp_h [c'h + sum_i ((b + W h)_i^2 - b_i^2) / (2 sigma_i^2)]
         + sum_i log sqrt(2 pi sigma_i^2),
 exact by enumerating h when n_hidden <= exact_max_bits; else forward AIS (interactions W and
-hidden biases c scaled by beta, from N(b, sigma^2) x uniform h) with a RAISE sandwich.
+hidden biases c scaled by beta, from N(b, sigma^2) x uniform h) with a RAISE sandwich
+(:class:`~gm.models.energy.base.EnergyModel`).  The base rate of the data only counts the
+training examples here (the AIS path starts at N(b, sigma^2), not at the base-rate model).
 """
 from __future__ import annotations
 
@@ -34,12 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, GenerativeModel, LogLikelihood
-from gm.config import require
-from gm.estimators.ais import ais_log_z, beta_schedule
+from gm.base import Budget
+from gm.config import ranged
 from gm.estimators.exact import enumerate_log_z
-from gm.estimators.raise_ais import ais_sandwich, raise_log_likelihood, sandwich_estimates
-from gm.models.rbm import RBMConfig
+from gm.models.energy.base import EnergyModel
+from gm.models.energy.rbm import RBMConfig
 from gm.ops import bernoulli
 from gm.registry import register
 
@@ -50,21 +51,16 @@ LOG_2PI = math.log(2 * math.pi)
 class GRBMConfig(RBMConfig):
     lr: float = 0.005
     persistent: bool = True       # PCD: negative chains carried across updates
-    sigma_lr_scale: float = 0.1   # lr of log sigma^2 relative to lr (Cho et al. 2011, sec. 4)
+    sigma_lr_scale: float = ranged(0.1, ge=0)  # lr of log sigma^2 relative to lr (Cho et al.
+                                               # 2011, sec. 4)
     learn_sigma: bool = True
-    min_sigma: float = 0.01       # floor of sigma in data units (digits' quantisation noise ~0.017)
-    min_scale: float = 0.1        # floor of the standardising scale in data units
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.sigma_lr_scale >= 0, "sigma_lr_scale",
-                f"must be >= 0, got {self.sigma_lr_scale}")
-        require(self.min_sigma > 0, "min_sigma", f"must be > 0, got {self.min_sigma}")
-        require(self.min_scale > 0, "min_scale", f"must be > 0, got {self.min_scale}")
+    min_sigma: float = ranged(0.01, gt=0)   # floor of sigma in data units (digits'
+                                            # quantisation noise ~0.017)
+    min_scale: float = ranged(0.1, gt=0)    # floor of the standardising scale in data units
 
 
 @register("grbm")
-class GaussianRBM(GenerativeModel):
+class GaussianRBM(EnergyModel):
     """W (n_visible, n_hidden), b (n_visible,), c (n_hidden,), log_var z (n_visible,), all in
     the standardised space v = (x - shift) / scale (fixed buffers, (n_visible,))."""
 
@@ -77,7 +73,6 @@ class GaussianRBM(GenerativeModel):
         self.b = nn.Parameter(torch.zeros(data_dim))
         self.c = nn.Parameter(torch.zeros(config.n_hidden))
         self.log_var = nn.Parameter(torch.zeros(data_dim), requires_grad=config.learn_sigma)
-        self.register_buffer("data_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("shift", torch.zeros(data_dim))
         self.register_buffer("scale", torch.ones(data_dim))
         self.register_buffer(  # persistent negative chains (PCD), started at the first update
@@ -130,41 +125,34 @@ class GaussianRBM(GenerativeModel):
 
     # --- training ------------------------------------------------------------------------
     def make_optimizers(self):
+        """SGD as every Boltzmann machine, with log sigma^2 at lr * sigma_lr_scale and no
+        weight decay (Cho et al. 2011)."""
         cfg = self.config
         groups = [{"params": [self.W, self.b, self.c]}]
-        if cfg.learn_sigma:   # no weight decay on the variances
+        if cfg.learn_sigma:
             groups.append({"params": [self.log_var], "lr": cfg.lr * cfg.sigma_lr_scale,
                            "weight_decay": 0.0})
         return {"sgd": torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                        weight_decay=cfg.weight_decay)}
 
     @torch.no_grad()
-    def _init_from_data(self, x: Tensor) -> None:
-        """Fix the standardisation from the first minibatch; b = 0, sigma = 1 there."""
-        self.shift.copy_(x.mean(0))
-        if x.shape[0] > 1:
-            self.scale.copy_(x.std(0).clamp_min(self.config.min_scale))
+    def observe(self, x: Tensor) -> None:
+        """Count x; the first minibatch fixes the standardisation (b = 0, sigma = 1 there)."""
+        if self.base_rate.count == 0:
+            self.shift.copy_(x.mean(0))
+            if x.shape[0] > 1:
+                self.scale.copy_(x.std(0).clamp_min(self.config.min_scale))
+        self.base_rate.update(x)
+
+    def chain_start(self, n: int, generator: torch.Generator) -> Tensor:
+        """n draws of N(b, sigma^2) (the model with h = 0), (n, n_visible)."""
+        return self.sample_v(torch.zeros(n, self.config.n_hidden, device=self.b.device),
+                             generator)
 
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
-        cfg = self.config
-        if self.data_count == 0:
-            self._init_from_data(x)
-        self.data_count += x.shape[0]
+        self.observe(x)
         x = self.standardise(x)
-        with torch.no_grad():
-            if cfg.persistent:
-                if self.data_count == x.shape[0]:  # first update: chains from N(b, sigma^2)
-                    self.chains.copy_(self.sample_v(torch.zeros(
-                        cfg.n_chains, cfg.n_hidden, device=x.device), generator))
-                v_neg = self.gibbs(self.chains, cfg.cd_k, generator)
-                self.chains.copy_(v_neg)
-            else:
-                v_neg = self.gibbs(x, cfg.cd_k, generator)
-        self.optimizers()["sgd"].zero_grad(set_to_none=True)
-        with torch.enable_grad():  # descending F(data) - F(model) ascends log p (CD / PCD)
-            gap = self.free_energy(x).mean() - self.free_energy(v_neg).mean()
-            gap.backward()
-        self.optimizers()["sgd"].step()
+        gap = self.free_energy_update(x, generator)   # CD / PCD in the standardised space
         with torch.no_grad():
             self.log_var.copy_(self._var().log())   # apply the floor to the parameter
             recon = self.mean_v(self.p_h(x))
@@ -177,64 +165,48 @@ class GaussianRBM(GenerativeModel):
     def sample(self, n: int, *, generator: torch.Generator) -> Tensor:
         """Gibbs chains from N(b, sigma^2); the final E[x | h] in data space, clipped to [0, 1]
         for display."""
-        v = self.sample_v(torch.zeros(n, self.config.n_hidden, device=self.b.device), generator)
-        v = self.gibbs(v, self.config.sample_steps - 1, generator)
+        v = self.gibbs(self.chain_start(n, generator), self.config.sample_steps - 1, generator)
         mean = self.mean_v(bernoulli(self.p_h(v), generator))
         return (self.shift + self.scale * mean).clamp(0, 1)
 
     # --- likelihood ----------------------------------------------------------------------
     @torch.no_grad()
-    def log_z_exact(self, max_bits: int = 20) -> float:
+    def log_f(self, x: Tensor, budget: Budget) -> Tensor:
+        """Unnormalised log density of data x (n, d): -F(v) - sum_i log scale_i, float64 (n,)."""
+        return -self.free_energy(self.standardise(x.double())) - self.log_det_scale()
+
+    @torch.no_grad()
+    def exact_log_z(self, budget: Budget) -> float | None:
         """Exact log Z (of the density of the standardised v): enumerate h, integrate v
         analytically (a Gaussian for each h)."""
+        if self.config.n_hidden > budget.exact_max_bits:
+            return None
         W, b, c, var = self.W.double(), self.b.double(), self.c.double(), self._var(torch.float64)
 
         def log_f(h):
             m = h @ W.T + b
             return h @ c + ((m ** 2 - b ** 2) / (2 * var)).sum(1)
 
-        log_z = enumerate_log_z(log_f, self.config.n_hidden, max_bits=max_bits, device=W.device)
+        log_z = enumerate_log_z(log_f, self.config.n_hidden, max_bits=budget.exact_max_bits,
+                                device=W.device)
         return float(log_z + 0.5 * (LOG_2PI + var.log()).sum())
 
     def annealing_path(self) -> "GRBMAnnealingPath":
         return GRBMAnnealingPath(self)
 
-    @torch.no_grad()
-    def ais_sandwich(self, x: Tensor, budget: Budget, generator: torch.Generator) -> LogLikelihood:
-        """Forward AIS estimate of log p(x) with the bounds {"lower": RAISE, "upper": AIS}."""
-        path = self.annealing_path()
-        betas = beta_schedule(budget.ais_betas, budget.ais_schedule)
-        res = ais_log_z(path, betas, budget.ais_chains, generator, desc="AIS grbm")
-        v = self.standardise(x.double())
-        start = lambda u, g: (u, path.log_f(u, 1.0))  # noqa: E731
-        lower = raise_log_likelihood(path, start, v, self.config.raise_chains, betas,
-                                     generator, desc="RAISE grbm") - self.log_det_scale()
-        return ais_sandwich(self.log_f(x), res, lower, info={
-            "ais_chains": budget.ais_chains, "ais_betas": budget.ais_betas,
-            "raise_chains": self.config.raise_chains})
+    def raise_start(self, path):
+        """The chain state is the standardised v (h summed out): log w_start = log f_1(v)."""
+
+        def start(x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            v = self.standardise(x.double())
+            return v, path.log_f(v, 1.0)
+
+        return start
 
     @torch.no_grad()
-    def log_f(self, x: Tensor) -> Tensor:
-        """Unnormalised log density of data x (n, d): -F(v) - sum_i log scale_i, float64 (n,)."""
-        return -self.free_energy(self.standardise(x.double())) - self.log_det_scale()
-
-    def _exact_ok(self, budget: Budget) -> bool:
-        return self.config.n_hidden <= budget.exact_max_bits
-
-    @torch.no_grad()
-    def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
-                       budget: Budget) -> LogLikelihood:
-        if self._exact_ok(budget):
-            log_z = self.log_z_exact(budget.exact_max_bits)
-            return LogLikelihood(self.log_f(x) - log_z, "exact", "exact", info={"log_z": log_z})
-        return self.ais_sandwich(x, budget, generator)
-
-    @torch.no_grad()
-    def validation_estimates(self, x, *, generator, budget):
-        """Beside an exact log p(x): AIS (RAISE/AIS sandwich in ``bounds``) and RAISE alone."""
-        if not self._exact_ok(budget):
-            return {}
-        return sandwich_estimates(self.ais_sandwich(x, budget, generator))
+    def raise_log_px(self, x: Tensor, budget: Budget, generator: torch.Generator) -> Tensor:
+        """RAISE of the density of v, moved to data space: minus sum_i log scale_i."""
+        return super().raise_log_px(x, budget, generator) - self.log_det_scale()
 
 
 class GRBMAnnealingPath:

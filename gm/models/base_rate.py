@@ -1,0 +1,52 @@
+"""The base-rate model: independent pixels at the clipped training-data means.
+
+It is the tractable start of every Boltzmann machine's AIS path (Salakhutdinov & Murray 2008,
+sec. 4.2), the initial visible biases of Boltzmann machines (Hinton 2010, "A practical guide
+to training RBMs", sec. 8.1), and where the chains of autoencoder samplers start.  One module
+holds its running statistics for every model that needs them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gm.ops import bernoulli
+
+CLIP = (0.005, 0.995)   # pixel means are clipped so that their logits stay finite
+
+
+def base_rate_logit(x: Tensor) -> Tensor:
+    """Logits of the clipped pixel means of a batch x (n, d) -> (d,) float64."""
+    p = x.double().mean(0).clamp(*CLIP)
+    return torch.log(p / (1 - p))
+
+
+class BaseRate(nn.Module):
+    """Running pixel means of the training data.
+
+    Buffers (so checkpoints resume exactly): ``total`` (d,) float64 sum, ``count`` () float64.
+    """
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.register_buffer("total", torch.zeros(d, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor, visible_bias: Tensor | None = None) -> None:
+        """Add batch x (n, d); on the first batch, start ``visible_bias`` (if given) at the
+        logits of that batch's pixel means."""
+        if self.count == 0 and visible_bias is not None:
+            visible_bias.copy_(base_rate_logit(x).to(visible_bias.dtype))
+        self.total += x.double().sum(0)
+        self.count += x.shape[0]
+
+    def mean(self) -> Tensor:
+        """(d,) float64 clipped pixel means, 0.5 before any data."""
+        if self.count == 0:
+            return torch.full_like(self.total, 0.5)
+        return (self.total / self.count).clamp(*CLIP)
+
+    def sample(self, n: int, generator: torch.Generator, dtype=torch.float32) -> Tensor:
+        """(n, d) independent Bernoulli draws at the pixel means."""
+        return bernoulli(self.mean().to(dtype).expand(n, -1).contiguous(), generator)

@@ -1,0 +1,147 @@
+"""Restricted Boltzmann machine with binary units (book section 20.2).
+
+E(v, h) = -b'v - c'h - v'Wh.  Trained by contrastive divergence CD-k (Hinton 2002) or
+persistent CD (Tieleman 2008), with momentum and L2 weight decay (Hinton 2010, "A practical
+guide to training RBMs").  log p(v) is exact by enumerating the smaller layer when it is small
+enough, else estimated by AIS from a base-rate model (Salakhutdinov & Murray 2008) with a RAISE
+sandwich (:class:`~gm.models.energy.base.EnergyModel`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gm.base import Budget
+from gm.config import ranged
+from gm.estimators.exact import enumerate_log_z
+from gm.models.energy.base import BaseRatePath, CDConfig, EnergyModel
+from gm.ops import bernoulli
+from gm.registry import register
+
+
+@dataclass(frozen=True)
+class RBMConfig(CDConfig):
+    n_hidden: int = ranged(16, ge=1)
+
+
+@register("rbm")
+class RBM(EnergyModel):
+    """Binary RBM: W (n_visible, n_hidden), b (n_visible,), c (n_hidden,)."""
+
+    Config = RBMConfig
+
+    def __init__(self, data_dim: int, config: RBMConfig):
+        super().__init__(data_dim, config)
+        # initial weights come from torch's global RNG, which the pipeline seeds per run
+        self.W = nn.Parameter(config.init_std * torch.randn(data_dim, config.n_hidden))
+        self.b = nn.Parameter(torch.zeros(data_dim))
+        self.c = nn.Parameter(torch.zeros(config.n_hidden))
+        self.register_buffer(  # persistent negative chains (PCD), started at the first update
+            "chains", torch.zeros(config.n_chains if config.persistent else 0, data_dim))
+
+    # --- conditionals and energies -------------------------------------------------------
+    def p_h(self, v: Tensor) -> Tensor:
+        """P(h_j = 1 | v), (n, n_hidden)."""
+        return torch.sigmoid(v @ self.W + self.c)
+
+    def p_v(self, h: Tensor) -> Tensor:
+        """P(v_i = 1 | h), (n, n_visible)."""
+        return torch.sigmoid(h @ self.W.T + self.b)
+
+    def free_energy(self, v: Tensor) -> Tensor:
+        """F(v) = -b'v - sum_j softplus(c_j + v'W_j), so p(v) = exp(-F(v)) / Z; (n,).
+
+        Computed in the dtype of v (pass float64 for likelihoods)."""
+        W, b, c = self.W.to(v.dtype), self.b.to(v.dtype), self.c.to(v.dtype)
+        return -(v @ b) - F.softplus(v @ W + c).sum(1)
+
+    def gibbs(self, v: Tensor, steps: int, generator: torch.Generator) -> Tensor:
+        """``steps`` rounds of block Gibbs sampling v -> h -> v."""
+        for _ in range(steps):
+            v = bernoulli(self.p_v(bernoulli(self.p_h(v), generator)), generator)
+        return v
+
+    # --- training ------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
+        cfg = self.config
+        self.observe(x)
+        ph_data = self.p_h(x)
+        pv_recon = self.p_v(bernoulli(ph_data, generator))   # P(v | h), h ~ P(h | data)
+        if cfg.persistent:
+            v_neg = self.pcd_chains(x, cfg.cd_k, generator)
+        else:  # CD-k: the reconstruction is the chain's first half-step
+            v_neg = self.gibbs(bernoulli(pv_recon, generator), cfg.cd_k - 1, generator)
+        ph_neg = self.p_h(v_neg)
+        recon_error = float(((x - pv_recon) ** 2).sum(1).mean())  # 5 matmuls per CD-1 step
+        n, m = x.shape[0], v_neg.shape[0]
+        # gradient of the negative log-likelihood (descended by the optimiser)
+        self.W.grad = -(x.T @ ph_data / n - v_neg.T @ ph_neg / m)
+        self.b.grad = -(x.mean(0) - v_neg.mean(0))
+        self.c.grad = -(ph_data.mean(0) - ph_neg.mean(0))
+        self.optimizers()["sgd"].step()
+        return {"recon_error": recon_error}
+
+    # --- likelihood ----------------------------------------------------------------------
+    @torch.no_grad()
+    def log_f(self, x: Tensor, budget: Budget) -> Tensor:
+        """-F(x) in float64, (n,) (h sums out analytically)."""
+        return -self.free_energy(x.double())
+
+    @torch.no_grad()
+    def exact_log_z(self, budget: Budget) -> float | None:
+        """Exact log Z by enumerating the smaller layer (the other is summed analytically)."""
+        if min(self.config.n_hidden, self.data_dim) > budget.exact_max_bits:
+            return None
+        W, b, c = self.W.double(), self.b.double(), self.c.double()
+        if self.config.n_hidden <= self.data_dim:
+            log_f = lambda h: h @ c + F.softplus(h @ W.T + b).sum(1)  # noqa: E731
+            n_bits = self.config.n_hidden
+        else:
+            log_f = lambda v: v @ b + F.softplus(v @ W + c).sum(1)  # noqa: E731
+            n_bits = self.data_dim
+        return float(enumerate_log_z(log_f, n_bits, max_bits=budget.exact_max_bits,
+                                     device=W.device))
+
+    def annealing_path(self) -> "RBMAnnealingPath":
+        return RBMAnnealingPath(self)
+
+
+class RBMAnnealingPath(BaseRatePath):
+    """p_beta(v) ∝ exp((1-beta) b_A'v + beta b'v) prod_j (1 + exp(beta (c_j + v'W_j))).
+
+    beta = 0 is the base-rate model with biases b_A = logit(data mean) and no interactions,
+    whose Z_0 = 2^n_hidden prod_i (1 + exp(b_A,i)) (Salakhutdinov & Murray 2008, eq. 14-16).
+    """
+
+    def __init__(self, rbm: RBM):
+        super().__init__(rbm.base_rate_logits())
+        self.W, self.b, self.c = (t.detach().double() for t in (rbm.W, rbm.b, rbm.c))
+
+    def base_log_z(self) -> float:
+        return float(self.c.numel() * math.log(2.0) + F.softplus(self.b_a).sum())
+
+    def log_f(self, v: Tensor, beta: float) -> Tensor:
+        return (v @ ((1 - beta) * self.b_a + beta * self.b)
+                + F.softplus(beta * (v @ self.W + self.c)).sum(1))
+
+    def transition(self, v: Tensor, beta: float, generator: torch.Generator) -> Tensor:
+        return self._move(v @ self.W + self.c, beta, generator)
+
+    def _move(self, act: Tensor, beta: float, generator: torch.Generator) -> Tensor:
+        """v -> h -> v' at beta, given the hidden activations act = v W + c (M, H)."""
+        h = bernoulli(torch.sigmoid(beta * act), generator)
+        return bernoulli(torch.sigmoid((1 - beta) * self.b_a + beta * (self.b + h @ self.W.T)),
+                         generator)
+
+    def ais_step(self, v: Tensor, beta_prev: float, beta: float, generator: torch.Generator,
+                 move: bool = True) -> tuple[Tensor, Tensor]:
+        """log_f(v, beta) - log_f(v, beta_prev) and the transition at beta, with one v W."""
+        act = v @ self.W + self.c
+        delta = ((beta - beta_prev) * (v @ (self.b - self.b_a))
+                 + (F.softplus(beta * act) - F.softplus(beta_prev * act)).sum(1))
+        return delta, self._move(act, beta, generator) if move else v
