@@ -1,17 +1,39 @@
 # gm-bench: the experiment DAG.  Thin on purpose: every rule is one `python -m pipeline.<stage>`
 # line, identical to the stage of the same name in dvc.yaml (tests/test_dag_parity.py checks it).
 import os
-from pipeline.params import canonical, evaluate_settings, runs, train_settings, validate
+import sys
+from pathlib import Path
+from pipeline import code, provenance
+from pipeline.params import canonical, check_config, evaluate_settings, registered_model, runs, train_settings
 
 configfile: "params.yaml"
-validate(config)  # one clear error naming the field, before anything runs
+check_config(config, ["params.yaml", *workflow.overwrite_configfiles],
+             memory=workflow.is_main_process)  # one line naming file and field, before anything runs
 # every stage reads the parameters Snakemake merged: params.yaml, then each --configfile in order
 os.environ["GM_PARAMS"] = os.pathsep.join(["params.yaml", *map(str, workflow.overwrite_configfiles)])
 
 RUNS = runs(config)
 DATASETS = sorted({d for d, _, _ in RUNS})
 RUN_DIR = "results/{dataset}/{model}/seed{seed}"
+# results that another runner made with other settings (e.g. `dvc repro` with a value since
+# reverted) record another fingerprint: change their stage's code input, so it reruns (only in
+# the main process: a job on a cluster node parses this file again; a dry run only says so)
+DRY_RUN = any(a in ("--dry-run", "--dryrun", "--just-print") or (a[:1] == "-" and a[1:2] != "-" and "n" in a)
+              for a in sys.argv[1:])   # (workflow.dryrun is not yet set while this file is read)
+if workflow.is_main_process:
+    for stage, name in provenance.stale_stages(config, lambda d, m, s: RUN_DIR.format(dataset=d, model=m, seed=s)):
+        if DRY_RUN:
+            print(f"{name}: {stage} results were made with other settings; a run reruns them")
+        else:
+            provenance.request_rerun(Path(f"results/code/{name}.{stage}.json"),
+                                     f"{stage} results were made with other settings")
 GPUS = 1 if str(config.get("device", "auto")).startswith("cuda") else 0  # SLURM --gpus only for CUDA
+
+
+onsuccess:  # one state for both runners: record in dvc.lock what this run of params.yaml made
+    if os.path.isdir(".dvc") and not workflow.overwrite_configfiles:
+        shell("dvc commit --force --quiet > logs/dvc-commit.log 2>&1 "
+              "|| echo 'dvc.lock not updated: see logs/dvc-commit.log' >&2")
 
 
 onerror:  # with --keep-going: report what finished and mark what failed
@@ -28,6 +50,11 @@ def evaluate_params(w):
     return canonical(evaluate_settings(config, w.model))
 
 
+def code_files(w):
+    """The source files the stage runs for this model (pipeline/code.py): code is an input."""
+    return code.stage_files(w.stage, registered_model(config, w.model))
+
+
 EVALS = expand(RUN_DIR + "/eval.json", zip, dataset=[r[0] for r in RUNS],
                model=[r[1] for r in RUNS], seed=[r[2] for r in RUNS])
 
@@ -38,6 +65,21 @@ rule all:  # every run's results too: the committed report alone must not look u
         "reports/report.md",
         "reports/report.html",
         "reports/results.csv",
+
+
+rule code:  # a fingerprint of the source files of a (stage, model), rewritten when one changes
+    input: code_files
+    output: "results/code/{model}.{stage}.json"
+    wildcard_constraints: stage="train|evaluate"
+    log: "logs/code/{model}.{stage}.log"
+    shell: "python -m pipeline.code --stage {wildcards.stage} --model {wildcards.model} 2> {log}"
+
+
+rule code_report:
+    input: lambda w: code.stage_files("report")
+    output: "results/code/report.json"
+    log: "logs/code/report.log"
+    shell: "python -m pipeline.code --stage report 2> {log}"
 
 
 rule fetch:
@@ -64,7 +106,7 @@ rule classifier:
 
 
 rule train:
-    input: "data/processed/{dataset}.npz", "pipeline/train.py"
+    input: "data/processed/{dataset}.npz", "results/code/{model}.train.json"
     output: RUN_DIR + "/model.pt", RUN_DIR + "/train.json"
     params: hp=train_params, seed=config["seed"], device=config.get("device", "auto")
     resources: gpu=GPUS, runtime=120, mem_mb=4000
@@ -73,8 +115,8 @@ rule train:
 
 
 rule evaluate:
-    input: RUN_DIR + "/model.pt", RUN_DIR + "/train.json", "results/{dataset}/classifier.pt", "pipeline/evaluate.py"
-    output: RUN_DIR + "/eval.json", RUN_DIR + "/samples.png"
+    input: RUN_DIR + "/model.pt", RUN_DIR + "/train.json", "results/{dataset}/classifier.pt", "results/code/{model}.evaluate.json"
+    output: RUN_DIR + "/eval.json", RUN_DIR + "/samples.png", RUN_DIR + "/per_example.npz"
     params: budget=evaluate_params
     resources: gpu=GPUS, runtime=60, mem_mb=4000
     log: "logs/evaluate/{dataset}-{model}-seed{seed}.log"
@@ -85,8 +127,8 @@ rule report:
     input:
         EVALS,
         expand("results/{dataset}/reference.json", dataset=DATASETS),
-        "pipeline/report.py",
+        "results/code/report.json",
         "configs/published.csv",
-    output: "reports/report.md", "reports/report.html", "reports/results.csv", "reports/metrics.json", "reports/curves.csv"
+    output: "reports/report.md", "reports/report.html", "reports/results.csv", "reports/metrics.json", "reports/curves.csv", "reports/pairs.csv", "reports/progress.csv"
     log: "logs/report.log"
     shell: "python -m pipeline.report 2> {log}"

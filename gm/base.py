@@ -120,6 +120,21 @@ class LogLikelihood:
             info=dict(first.info))
 
 
+@dataclass(frozen=True)
+class Curve:
+    """The training curve that shows a model's progress (the report's training-curves figure).
+
+    metric: a key of the per-epoch means of ``fit_step``'s (or ``end_epoch``'s) diagnostics;
+    label: what it is, for the axis (e.g. "negative ELBO"); unit: e.g. "nats per image" (empty
+    when it has none); higher_is_better: the direction of progress.
+    """
+
+    metric: str
+    label: str
+    unit: str = ""
+    higher_is_better: bool = False
+
+
 @dataclass
 class Extras:
     """Model-specific evaluation output shown in the report beside the common metrics.
@@ -166,6 +181,8 @@ class GenerativeModel(nn.Module):
     Config: ClassVar[type]
     input_kind: ClassVar[str] = "binary"
     name: ClassVar[str] = ""
+    progress: ClassVar[Curve | None] = None   # every registered model declares its curve
+    is_baseline: ClassVar[bool] = False       # a reference model (independent pixels, ...)
 
     def __init__(self, data_dim: int, config):
         super().__init__()

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from gm.data import load_splits
-from gm.io import atomic_path, write_json
+from gm.errors import CheckpointError
+from gm.io import atomic_path, cause, describe, write_json
 from gm.metrics import reference_metrics
 from gm.metrics.classifier import Classifier, fit_dataset_classifier
 from pipeline import common, params as P
@@ -23,11 +24,27 @@ from pipeline.common import log
 
 
 def load_classifier(path: Path, device="cpu") -> Classifier | None:
-    """The classifier of a dataset, or None for a dataset without labels."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """The classifier of a dataset, or None for a dataset without labels.
+
+    A missing, cut-off or foreign classifier.pt raises CheckpointError with one line:
+    ``<file>: <problem> (<fix>)``, the fix being to rerun the classifier stage."""
+    path = Path(path)
+    rerun = common.rerun("classifier", path.parent.name)
+    if not path.exists():
+        raise CheckpointError(describe(path, "missing", f"run the classifier stage: {rerun}"))
+    fix = f"delete it and rerun the classifier stage: {rerun}"
+    try:  # weights_only: never runs pickled code; torch raises many types for a damaged file
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(describe(path, f"not a readable classifier checkpoint "
+                                       f"({cause(err)})", fix)) from None
     if isinstance(state, dict) and state.get("n_classes") == 0:
         return None
-    return Classifier.load(path, map_location=device)
+    try:
+        return Classifier.load(path, map_location=device)
+    except CheckpointError as err:   # in the one-line form, with the error it wraps
+        raise CheckpointError(describe(path, "not a gm-bench classifier checkpoint "
+                                       f"({cause(err.__context__ or err)})", fix)) from None
 
 
 def run(args, params) -> None:
@@ -55,7 +72,8 @@ def run(args, params) -> None:
 
 
 def main(argv=None) -> int:
-    return common.run_stage(run, argv, __doc__.splitlines()[0])
+    return common.run_stage(run, argv, __doc__.splitlines()[0],
+                            writes=lambda a: [common.classifier_path(a.dataset).parent])
 
 
 if __name__ == "__main__":

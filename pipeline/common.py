@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -10,8 +11,10 @@ from pathlib import Path
 import torch
 
 from gm.errors import GmError
+from gm.io import InputError, check_writable, read_json
 from gm.seeding import derive_seed, make_generator
 from pipeline import params as P
+from pipeline.memory import check_memory as memory_check
 
 log = logging.getLogger("gm-bench")
 
@@ -35,8 +38,16 @@ def parse(argv, description: str, *, dataset=True, model=False, seed=False) -> a
     return ap.parse_args(argv)
 
 
-def run_stage(fn, argv, description: str, **flags) -> int:
-    """Parse flags, load+validate params, run ``fn(args, params)``; errors -> one clear line."""
+def run_stage(fn, argv, description: str, *, writes=None, memory: bool = False,
+              **flags) -> int:
+    """Parse flags, load+validate params, check the stage can do its work, run
+    ``fn(args, params)``; every GmError -> one line ``error: <file>: <problem> (<fix>)``.
+
+    Before ``fn`` starts: ``memory=True`` (the train stage) refuses a model whose estimated
+    memory exceeds the machine's (:func:`pipeline.memory.check_memory`); the folders it
+    writes must be writable (``writes(args)`` -> folders; default: the run folder of a
+    ``--model --seed`` stage), so a read-only folder fails before any work, not at the
+    first write after it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     args = parse(argv, description, **flags)
@@ -45,11 +56,19 @@ def run_stage(fn, argv, description: str, **flags) -> int:
     try:
         params = P.load(args.params)
         _check_target(args, params)
+        if memory:
+            memory_check(params, [(args.dataset, args.model)])
+        if writes is not None:
+            folders = writes(args)
+        elif flags.get("model") and flags.get("seed"):
+            folders = [run_dir(args.dataset, args.model, args.seed)]
+        else:
+            folders = []
+        for folder in folders:
+            check_writable(folder)
         fn(args, params)
     except GmError as err:
-        where = "+".join(str(p) for p in args.params)
-        print(f"error: {where}: {err}" if isinstance(err, ValueError) else f"error: {err}",
-              file=sys.stderr)
+        print(P.error_line(err, args.params), file=sys.stderr)
         return 2
     return 0
 
@@ -80,6 +99,42 @@ def classifier_path(dataset: str) -> Path:
 
 def run_dir(dataset: str, model: str, seed: int) -> Path:
     return Path("results") / dataset / model / f"seed{seed}"
+
+
+def rerun(stage: str, dataset: str, model: str | None = None, seed: int | None = None) -> str:
+    """The command that rebuilds a stage's output, for the fix of an error message."""
+    cmd = f"python -m pipeline.{stage} --dataset {dataset}"
+    if model is not None:
+        cmd += f" --model {model} --seed {seed}"
+    return cmd
+
+
+def read_train_info(path: Path) -> dict:
+    """A run's train.json, checked for what its readers use (evaluate: train_seconds; the
+    report: dataset, model, seed and the per-epoch history); a missing, invalid or malformed
+    file raises :class:`gm.io.InputError`: ``<file>: <problem> (<fix>)``."""
+    path = Path(path)
+    parts = path.parts
+    command = (rerun("train", parts[-4], parts[-3], parts[-2][4:])
+               if len(parts) >= 4 and parts[-2].startswith("seed") else "")
+    rerun_it = "rerun the train stage" + (f": {command}" if command else "")
+    fix = "delete it and " + rerun_it
+    info = read_json(path, fix, missing=rerun_it)
+    if not isinstance(info, dict):
+        raise InputError(path, f"expected a mapping, got {type(info).__name__}", fix)
+    for key, ok, expected in (
+            ("dataset", lambda v: isinstance(v, str), "a string"),
+            ("model", lambda v: isinstance(v, str), "a string"),
+            ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+            ("train_seconds", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+             and math.isfinite(v) and v >= 0, "a finite number >= 0"),
+            ("history", lambda v: isinstance(v, list) and all(isinstance(h, dict) for h in v),
+             "a list of per-epoch mappings")):
+        if key not in info:
+            raise InputError(path, f"{key}: missing", fix)
+        if not ok(info[key]):
+            raise InputError(path, f"{key}: expected {expected}, got {info[key]!r:.80}", fix)
+    return info
 
 
 def device_of(params: dict) -> torch.device:

@@ -4,16 +4,16 @@
 
 Reads results/D/M/seedS/{model.pt, train.json}; writes eval.json (a
 :class:`pipeline.record.EvalRecord`, with the resolved ``evaluate:`` settings of run M under
-``budget``) and samples.png there.  The settings are params.yaml ``evaluate:`` with
-``models.M.evaluate:`` merged over it; the model sees them as a :class:`gm.base.Budget`
-through its named hooks (``prepare_evaluation``, ``log_likelihood``, ``validation_estimates``,
-``annealing_path``, ``exact_log_z``, ``extras``).
+``budget``), per_example.npz (:func:`pipeline.record.write_per_example`: the per-example test
+values, in test-split order, for paired comparisons) and samples.png there.  The settings are
+params.yaml ``evaluate:`` with ``models.M.evaluate:`` merged over it; the model sees them as a
+:class:`gm.base.Budget` through its named hooks (``prepare_evaluation``, ``log_likelihood``,
+``validation_estimates``, ``annealing_path``, ``exact_log_z``, ``extras``).
 Their MLflow calls (metrics, tags, artifacts for the training stage's run) are deferred to the
 run's pending file and sent by the report stage (see pipeline/tracking.py).
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -23,14 +23,16 @@ import torch
 from gm.base import Budget, GenerativeModel
 from gm.config import config_dict
 from gm.data import load_splits
+from gm.errors import CheckpointError
 from gm.estimators.ais import ais_convergence
 from gm.metrics import sample_metrics
-from pipeline import checkpoint, common, figures, tracking
+from pipeline import checkpoint, common, figures, provenance, tracking
 from pipeline.classifier import load_classifier
 from pipeline import params as P
 from pipeline.common import log
 from pipeline.record import (AISConvergence, AISPoint, Bounds, Estimate, EvalRecord,
-                             ExtrasRecord, Timing, Validation, sample_metrics_from)
+                             ExtrasRecord, Timing, Validation, sample_metrics_from,
+                             write_per_example)
 
 
 def ais_convergence_record(model: GenerativeModel, path, cfg: P.EvaluateConfig,
@@ -44,6 +46,23 @@ def ais_convergence_record(model: GenerativeModel, path, cfg: P.EvaluateConfig,
                           tuple(AISPoint(**p) for p in points))
 
 
+def check_provenance(path, state: dict, params: dict, ds: str, name: str, seed: int,
+                     splits) -> dict:
+    """The evaluation's fingerprint; CheckpointError (one line: which run, what differs, the
+    fix) when the checkpoint was trained with other params or data than today's."""
+    expected = provenance.train_fingerprint(params, ds, name, seed,
+                                            data_checksum=splits.checksum(),
+                                            data_dim=splits.data_dim)
+    recorded = state["extra"].get("fingerprint")
+    if bad := provenance.mismatch(recorded, expected):
+        detail = provenance.describe(state["extra"].get("train_params"),
+                                     provenance.train_params(params, ds, name, seed), name)
+        what = " and ".join(bad) + (f" ({detail})" if detail and "params" in bad else "")
+        raise CheckpointError(f"{path}: trained with other {what} than {ds}/{name} seed {seed} "
+                              "has now; rerun its train stage (snakemake or dvc repro do)")
+    return provenance.evaluate_fingerprint(params, name, recorded)
+
+
 def run(args, params) -> None:
     ds, name, seed = args.dataset, args.model, args.seed
     device = common.device_of(params)
@@ -51,12 +70,16 @@ def run(args, params) -> None:
     cfg = P.evaluate_config(params, name)       # evaluate: with models.<name>.evaluate: over it
     budget = cfg.budget()
     state = checkpoint.load_state(out / "model.pt", expect_model=P.registered_model(params, name))
-    model = checkpoint.restore(state, device, optimizers=False).eval()
-    train_info = json.loads((out / "train.json").read_text())
+    train_info = common.read_train_info(out / "train.json")
     splits = load_splits(common.processed_path(ds))
+    clf = load_classifier(common.classifier_path(ds), device)  # before any work
+    fingerprint = check_provenance(out / "model.pt", state, params, ds, name, seed, splits)
+    model = checkpoint.restore(state, device, optimizers=False).eval()
     view = splits.view(model.input_kind)
     x_test = torch.as_tensor(view["test"], device=device)
-    tracker = tracking.RunLogger(out, ds, name, seed, create=False, defer=math.inf)
+    # one scope per fingerprint: a retried evaluation logs once, another budget or code anew
+    tracker = tracking.RunLogger(out, ds, name, seed, create=False, defer=math.inf,
+                                 scope="evaluate:" + fingerprint["sha256"])
     g = common.stage_generator(params, "evaluate", ds, name, seed, device)
     t0 = time.perf_counter()
 
@@ -72,7 +95,6 @@ def run(args, params) -> None:
     samples = model.sample(cfg.n_samples, generator=g).float().cpu()
     grid_n = min(100, samples.shape[0])
     figures.save_grid(out / "samples.png", samples[:grid_n].numpy(), splits.image_shape)
-    clf = load_classifier(common.classifier_path(ds), device)
     extras = model.extras(x_test, generator=g, budget=budget,
                           classifier=clf.logits if clf is not None else None)
     for key, images in extras.images.items():
@@ -92,7 +114,8 @@ def run(args, params) -> None:
         log_likelihood_bounds=Bounds.of(ll),
         estimator_validation={k: Validation.of(v, ll) for k, v in validation.items()},
         ais_convergence=convergence, extras=ExtrasRecord.of(extras),
-        sample_metrics=sample_metrics_from(metrics), budget=settings)
+        sample_metrics=sample_metrics_from(metrics), budget=settings, fingerprint=fingerprint)
+    write_per_example(out / "per_example.npz", ll)
     record.write(out / "eval.json")
 
     flat = {"test_log_likelihood": ll.mean, "test_log_likelihood_stderr": ll.stderr,
@@ -102,7 +125,8 @@ def run(args, params) -> None:
     tracker.metrics(flat)
     # the budget as tags, not params: MLflow params are immutable, and a changed budget reruns
     # evaluation into the same run
-    tracker.tags({"ll_method": ll.method, "ll_kind": ll.kind}
+    tracker.tags({"ll_method": ll.method, "ll_kind": ll.kind,
+                  "gm.eval_fingerprint": fingerprint["sha256"]}
                  | {f"evaluate.{k}": v for k, v in settings.items()})
     for f in [out / "eval.json", out / "samples.png", *sorted(out.glob("extra_*.png"))]:
         tracker.artifact(f, "evaluation")

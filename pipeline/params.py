@@ -1,13 +1,21 @@
 """Load and validate params.yaml before any work starts.
 
 Every problem raises one :class:`gm.errors.ConfigError` whose message starts with the dotted
-field name (e.g. ``models.rbm.model.n_hidden: must be >= 1, got 0``).
+field name (e.g. ``models.rbm.model.n_hidden: must be >= 1, got 0``), or with the file and
+line for what the file itself gets wrong: a key given twice, or a number such as ``1e-3``
+that PyYAML (Snakemake, the stages) reads as text and DVC as a float (:func:`read_yaml`).
+Numbers must be finite and fit float32 / 64-bit integers; the train stage and the Snakefile
+also refuse a model too large for the machine's memory, estimated without allocating it
+(:mod:`pipeline.memory`).  :func:`error_line` is the one line a stage prints.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
+import sys
 from pathlib import Path
 
 import yaml
@@ -53,6 +61,7 @@ def validate(params: dict) -> dict:
     """Check every field of ``params``; return it unchanged if valid."""
     if not isinstance(params, dict):
         raise ConfigError("params.yaml", "expected a mapping at the top level")
+    _check_numbers(params)
     for key in params:
         require(key in TOP_KEYS, key, "unknown key (known: " + ", ".join(sorted(TOP_KEYS)) + ")")
     for key in ("seed", "seeds", "datasets", "runs", "models"):
@@ -95,6 +104,30 @@ def validate(params: dict) -> dict:
         require(key not in seen, where, f"duplicate run {key}")
         seen.add(key)
     return params
+
+
+FLOAT32_MAX = 3.4028234663852886e38   # the models compute in float32
+FLOAT32_TINY = 1.401298464324817e-45  # smallest non-zero float32 (subnormal)
+
+
+def _check_numbers(value, where: str = "") -> None:
+    """Every number in params, wherever it is: a float finite and representable in float32
+    (1e300 passes a float64 range check, then overflows to inf in the first float32 product),
+    an integer within 64 bits."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_numbers(v, f"{where}[{i}]")
+    elif isinstance(value, float):
+        require(math.isfinite(value), where, f"must be a finite number, got {value}")
+        require(abs(value) <= FLOAT32_MAX, where, f"{value:g} overflows float32, the precision "
+                f"the models compute in (largest {FLOAT32_MAX:.4g})")
+        require(value == 0 or abs(value) >= FLOAT32_TINY, where,
+                f"{value:g} underflows to 0 in float32, the precision the models compute in")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        require(abs(value) < 2 ** 63, where, f"{value} does not fit in a 64-bit integer")
 
 
 def _validate_model_block(name: str, block: dict) -> None:
@@ -158,16 +191,92 @@ def files(spec: str | Path | list | tuple) -> list[Path]:
     return [Path(p) for p in str(spec).split(os.pathsep) if p]
 
 
-def _read(path: Path) -> dict:
+# YAML 1.2 (DVC's ruamel) reads these plain scalars as numbers, YAML 1.1 (PyYAML: Snakemake and
+# the stages) as text: 1e-3, 1E5, 2.5e3 (1.1 wants a dot and a signed exponent: 1.0e-3)
+_NUMBER_12 = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$")
+_STR = "tag:yaml.org,2002:str"
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml's parser when installed
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _yaml11(text: str) -> str:
+    """``text`` (a YAML 1.2 number such as 1e-3) spelled so YAML 1.1 reads a float: 1.0e-3."""
+    mantissa, exponent = re.split("[eE]", text)
+    if "." not in mantissa:
+        mantissa += ".0"
+    if exponent[0] not in "+-":
+        exponent = "+" + exponent
+    return f"{mantissa}e{exponent}"
+
+
+def _check_nodes(node, path: Path, where: str = "", seen: set | None = None) -> None:
+    """Refuse what the two runners would read differently: a mapping key given twice
+    (PyYAML silently keeps the last, DVC refuses the file) and a plain scalar that is text
+    to YAML 1.1 but a number to YAML 1.2.  ``where``: the dotted path of ``node``."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:               # an alias of a node already checked
+        return
+    seen.add(id(node))
+
+    def at(n) -> str:
+        return f"line {n.start_mark.line + 1}"
+
+    if isinstance(node, yaml.MappingNode):
+        first: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                _check_nodes(value_node, path, where, seen)
+                continue
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
+            field = f"{where}.{key}" if where else str(key)
+            if (key_node.tag, key) in first:
+                raise ConfigError(str(path), f"{at(key_node)}: {field} is given twice (first on "
+                                  f"{first[(key_node.tag, key)]})",
+                                  "keep one: PyYAML (Snakemake, the stages) silently keeps the "
+                                  "last, DVC refuses the file")
+            first[(key_node.tag, key)] = at(key_node)
+            _check_nodes(value_node, path, field, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_nodes(item, path, f"{where}[{i}]", seen)
+    elif (isinstance(node, yaml.ScalarNode) and not node.style and node.tag == _STR  # plain
+          and _NUMBER_12.match(node.value)):
+        raise ConfigError(str(path), f"{at(node)}: {where}: {node.value} is text to PyYAML "
+                          "(YAML 1.1: Snakemake, the stages) but a number to DVC (YAML 1.2)",
+                          f"write {_yaml11(node.value)}")
+
+
+def read_yaml(path: str | Path):
+    """The YAML document of ``path``, read strictly (see :func:`_check_nodes`): errors are
+    ConfigErrors whose field is the file, with the line."""
+    path = Path(path)
     if not path.exists():
         raise ConfigError(str(path), "file not found", "run from the repository root")
+    loader = _Loader(path.read_text())
     try:
-        params = yaml.safe_load(path.read_text())
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, path)
+        return loader.construct_document(node)
     except yaml.YAMLError as err:
-        raise ConfigError(str(path), f"not valid YAML: {err}") from None
+        raise ConfigError(str(path), "not valid YAML: " + " ".join(str(err).split())) from None
+    finally:
+        loader.dispose()
+
+
+def _read(path: Path) -> dict:
+    params = read_yaml(path)
     if not isinstance(params, dict):
         raise ConfigError(str(path), "expected a mapping at the top level")
     return params
+
+
+def check_files(paths) -> None:
+    """Re-read the params files strictly (duplicate keys, YAML 1.1/1.2 numbers): for the
+    Snakefile, whose ``config`` Snakemake loaded with plain PyYAML."""
+    for p in files(paths):
+        _read(p)
 
 
 def load(path: str | Path | list | tuple = "params.yaml") -> dict:
@@ -183,6 +292,33 @@ def load(path: str | Path | list | tuple = "params.yaml") -> dict:
     for p in paths:
         params = merge(params, _read(p))
     return validate(params)
+
+
+def error_line(err: Exception, paths) -> str:
+    """The one line a stage or the Snakefile prints for ``err``: ``error: <file>: <problem>
+    (<fix>)``; a ConfigError about a field gets the params file(s) before it, one that names
+    its file already does not."""
+    names = [str(p) for p in files(paths)]
+    if isinstance(err, ConfigError) and err.field not in names:
+        return f"error: {'+'.join(names)}: {err}"
+    return f"error: {err}"
+
+
+def check_config(config: dict, paths, *, memory: bool = True) -> None:
+    """The Snakefile's check before anything runs: its params files re-read strictly
+    (:func:`check_files`: Snakemake loaded ``config`` with plain PyYAML), ``config`` validated,
+    and (``memory``) every run's memory estimated (:func:`pipeline.memory.check_memory`).
+    A problem prints one line, ``error: <file>: <problem> (<fix>)``, and exits with status 2,
+    where an exception would make Snakemake print a traceback."""
+    try:
+        check_files(paths)
+        validate(config)
+        if memory:  # imported here: pipeline.memory imports this module
+            from pipeline.memory import check_memory
+            check_memory(config)
+    except ConfigError as err:
+        print(error_line(err, paths), file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def train_settings(params: dict, model: str) -> dict:

@@ -16,21 +16,37 @@ named once.  The JSON layout is the ARCHITECTURE contract::
 
 (``?``: absent when the run has none).  A malformed file raises :class:`RecordError` naming
 the file and the key.
+
+Beside it, ``per_example.npz`` (:func:`write_per_example`, :func:`read_per_example`) holds the
+per-example test values behind ``test_log_likelihood``: ``test_log_likelihood`` (n,) float64
+in test-split order, and ``lower``, ``upper`` (n,) when the estimator gave a sandwich.
 """
 from __future__ import annotations
 
-import json
+import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from gm.base import KINDS, Extras, LogLikelihood
 from gm.errors import GmError
-from gm.io import write_json
+from gm.io import InputError, atomic_path, read_json, write_json
 
 
 class RecordError(GmError):
     """An eval.json is not a record of this version; the message names the file and key."""
+
+
+def _evaluate_command(path: Path) -> str:
+    """``: python -m pipeline.evaluate ...`` for an eval.json at results/D/M/seedS/, else ""."""
+    parts = Path(path).parts
+    if len(parts) >= 4 and parts[-2].startswith("seed") and parts[-2][4:].isdigit():
+        return (f": python -m pipeline.evaluate --dataset {parts[-4]} --model {parts[-3]} "
+                f"--seed {parts[-2][4:]}")
+    return ""
 
 
 def _check_keys(d: Any, where: str, required: tuple[str, ...],
@@ -303,6 +319,7 @@ class EvalRecord:
     extras: ExtrasRecord = field(default_factory=ExtrasRecord)
     sample_metrics: dict[str, SampleMetric] = field(default_factory=dict)
     budget: dict[str, Any] | None = None   # the evaluate: settings it ran with (None: older run)
+    fingerprint: dict[str, str] | None = None   # pipeline/provenance.py (None: older run)
 
     def to_dict(self) -> dict:
         out = {"dataset": self.dataset, "model": self.model, "seed": self.seed,
@@ -322,19 +339,40 @@ class EvalRecord:
             out["ais_convergence"] = self.ais_convergence.to_dict()
         if self.budget is not None:
             out["budget"] = dict(self.budget)
+        if self.fingerprint is not None:
+            out["fingerprint"] = dict(self.fingerprint)
         return out
 
     REQUIRED = ("dataset", "model", "seed", "test_log_likelihood", "n_parameters",
                 "train_seconds", "eval_seconds")
     OPTIONAL = ("data_view", "log_likelihood_bounds", "estimator_validation", "ais_convergence",
-                "extras", "sample_metrics", "budget")
+                "extras", "sample_metrics", "budget", "fingerprint")
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = "eval.json") -> "EvalRecord":
+        """The record of a plain eval.json mapping; NaN is refused in every number the report
+        computes with (log-likelihood, its bounds, timings); RecordError names the key."""
         _check_keys(d, where, cls.REQUIRED, cls.OPTIONAL, sep=": ")
         at = lambda key: f"{where}: {key}"  # noqa: E731
+        record = cls._from_dict(d, at)
+        ll, b, t = record.test_log_likelihood, record.log_likelihood_bounds, record.timing
+        numbers = {"test_log_likelihood.mean": ll.mean, "test_log_likelihood.stderr": ll.stderr,
+                   "train_seconds": t.train_seconds, "eval_seconds": t.eval_seconds}
+        if b is not None:
+            numbers |= {"log_likelihood_bounds.lower.mean": b.lower.mean,
+                        "log_likelihood_bounds.lower.stderr": b.lower.stderr,
+                        "log_likelihood_bounds.upper.mean": b.upper.mean,
+                        "log_likelihood_bounds.upper.stderr": b.upper.stderr,
+                        "log_likelihood_bounds.gap": b.gap}
+        for key, value in numbers.items():
+            if math.isnan(value):
+                raise RecordError(f"{at(key)}: NaN where a number is required")
+        return record
+
+    @classmethod
+    def _from_dict(cls, d: Mapping, at) -> "EvalRecord":
         bounds, conv = d.get("log_likelihood_bounds"), d.get("ais_convergence")
-        budget = d.get("budget")
+        budget, fingerprint = d.get("budget"), d.get("fingerprint")
         return cls(
             dataset=_typed(d["dataset"], str, at("dataset")),
             model=_typed(d["model"], str, at("model")),
@@ -357,7 +395,9 @@ class EvalRecord:
             else ExtrasRecord(),
             sample_metrics=sample_metrics_from(d.get("sample_metrics", {}),
                                                at("sample_metrics")),
-            budget=None if budget is None else dict(_check_keys(budget, at("budget"), (), None)))
+            budget=None if budget is None else dict(_check_keys(budget, at("budget"), (), None)),
+            fingerprint=None if fingerprint is None
+            else dict(_check_keys(fingerprint, at("fingerprint"), (), None)))
 
     def write(self, path: Path) -> None:
         """Write eval.json atomically (a crash leaves the old file or none)."""
@@ -365,10 +405,54 @@ class EvalRecord:
 
     @classmethod
     def read(cls, path: Path) -> "EvalRecord":
+        """The record of an eval.json; a missing, invalid or malformed file (a missing key, a
+        wrong type, NaN where a number is required) raises :class:`RecordError` with one line:
+        ``<file>: <key>: <problem> (<fix>)``, the fix being to rerun that run's evaluation."""
         path = Path(path)
+        rerun = "rerun the evaluate stage" + _evaluate_command(path)
+        fix = "delete it and " + rerun
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise RecordError(f"{path}: not JSON ({err}); rerun the evaluate stage") from None
-        return cls.from_dict(data, str(path))
+            data = read_json(path, fix, missing=rerun)
+        except InputError as err:
+            raise RecordError(str(err)) from None
+        try:
+            return cls.from_dict(data, str(path))
+        except RecordError as err:
+            raise RecordError(f"{err} ({fix})") from None
 
+
+PER_EXAMPLE_ARRAYS = ("test_log_likelihood", "lower", "upper")
+
+
+def write_per_example(path: Path, ll: LogLikelihood) -> None:
+    """Write ``ll``'s per-example values atomically: ``test_log_likelihood`` (n,) float64 =
+    ``ll.values`` in the order of the test split, plus ``lower`` and ``upper`` (n,) when
+    ``ll.bounds`` holds them (other bounds are not part of the contract)."""
+    arrays = {"test_log_likelihood": ll.values.double().cpu().numpy()}
+    arrays |= {k: ll.bounds[k].double().cpu().numpy() for k in ("lower", "upper")
+               if k in ll.bounds}
+    with atomic_path(Path(path)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def read_per_example(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a per_example.npz (name -> (n,) float64), checked; RecordError names
+    the file and the problem."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise RecordError(f"{path}: not a readable per_example.npz ({err}); rerun the "
+                          "evaluate stage") from None
+    if "test_log_likelihood" not in arrays:
+        raise RecordError(f"{path}: test_log_likelihood: missing")
+    n = arrays["test_log_likelihood"].shape
+    for k, v in arrays.items():
+        if k not in PER_EXAMPLE_ARRAYS:
+            raise RecordError(f"{path}: {k}: unknown array")
+        if v.dtype != np.float64 or v.ndim != 1 or v.shape != n:
+            raise RecordError(f"{path}: {k}: expected float64 of shape {n}, got "
+                              f"{v.dtype} {v.shape}")
+    return arrays

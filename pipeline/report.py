@@ -2,16 +2,19 @@
 
     python -m pipeline.report
 
-Reads results/*/*/seed*/{eval.json,train.json} (eval.json as a
-:class:`pipeline.record.EvalRecord`); writes reports/report.md, report.html,
-results.csv (long: one row per dataset, model, seed, metric), metrics.json (for
-`dvc metrics show`), curves.csv (for `dvc plots show`) and figures/*.png.
-Log-likelihoods are ranked only among results of comparable kind on the same data view.
+Reads results/*/*/seed*/{eval.json,train.json,per_example.npz} (eval.json as a
+:class:`pipeline.record.EvalRecord`); writes reports/report.md, report.html, results.csv
+(long: one row per dataset, model, seed, metric), pairs.csv (every paired comparison),
+metrics.json (strict JSON, for `dvc metrics show`), curves.csv (for `dvc plots show`) and
+figures/*.png.  Per dataset and data view, log-likelihoods, lower bounds, upper bounds and
+proxies get separate tables, ranked by paired comparisons on the same test examples
+(:mod:`pipeline.compare`); sample metrics get their own tables and a legend.
 Meanwhile a second process sends the runs' pending MLflow calls (pipeline/tracking.py).
 """
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -19,20 +22,51 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from gm.base import KINDS, mean_stderr
-from gm.io import atomic_path, write_json, write_text
-from pipeline import common, document, plots, published, tracking
+import gm
+from gm.data import dataset_spec, load_splits
+from gm.estimators.raise_ais import SANDWICH_NOTE
+from gm.io import write_text
+from pipeline import (common, compare, document, legend, plots, provenance, published, swap,
+                      tables, tracking)
+from pipeline import params as P
+from pipeline.classifier import load_classifier
 from pipeline.common import log
-from pipeline.record import EvalRecord, SampleMetric, sample_metrics_from
+from pipeline.record import EvalRecord, sample_metrics_from
+from pipeline.tables import DatasetInfo, Summary
 
 OUT = Path("reports")
-# which kinds may be ranked against each other (a bound never against an estimate):
-# exact values and estimates of log p(x) together, every other kind among itself
-COMPARABLE = {k: "likelihood" if k in ("exact", "estimate") else k.replace("_", " ")
-              for k in KINDS}
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+GROUP_TITLE = {"likelihood": "log-likelihoods", "lower bound": "lower bounds of log p(x)",
+               "upper bound": "upper bounds of log p(x)", "proxy": "proxies (Parzen windows)"}
+VIEW_TITLE = {"binary": "binary view", "real": "real view (densities)", "sequence": "sequences"}
+GROUP_TEXT = {
+    "likelihood": "Test log p(x), exact or estimated (kind 'estimate': a stochastic estimate "
+                  "whose bias direction is not guaranteed), in nats per image (higher is "
+                  "better) with bits per dimension beside it (-log p(x) / (d ln 2), lower is "
+                  "better).",
+    "lower bound": "Lower bounds of the test log p(x) (variational or importance-weighted): "
+                   "the model's log-likelihood is at least this. Ranked only among lower "
+                   "bounds: a higher rank says the bound is higher, not that the model is "
+                   "better.",
+    "upper bound": "Upper bounds of the test log p(x), ranked only among themselves.",
+    "proxy": "Parzen-window scores (Goodfellow et al. 2014): the log-density of a Gaussian "
+             "kernel estimate fitted to the model's samples, its width chosen on validation "
+             "data. A proxy, not the model's likelihood: it is known to rank models "
+             "unreliably (Theis et al. 2016). No bits/dim: it is a density of a Gaussian "
+             "mixture, not a probability of the data.",
+}
+CONDITIONAL_TEXT = ("Conditional log-likelihoods: the mean over predicted frames of "
+                    "log p(x_t | x_<t) of each test sequence, in nats per frame, with bits per "
+                    "pixel of a frame beside it. Not log p(x) of a whole sequence.")
+REAL_TEXT = ("Densities of dequantised grey levels (k + u) / L on [0, 1]^d, not comparable "
+             "with the binary view's probabilities. Bits/dim are those of the L grey levels "
+             "implied by the density, (d ln L - log p(x)) / (d ln 2): at most that in "
+             "expectation over the dequantisation noise (Theis et al. 2016, sec. 3.1).")
+BASELINE_TEXT = ("Rows marked (baseline) are reference models scored exactly by the pipeline "
+                 "(independent pixels; a mixture of Bernoullis fitted by EM, its number of "
+                 "components chosen on the validation split): a model below them has learned "
+                 "less about the data than they do.")
 
 
 def collect(params: dict) -> tuple[list[EvalRecord], list[dict]]:
@@ -42,7 +76,7 @@ def collect(params: dict) -> tuple[list[EvalRecord], list[dict]]:
         d = common.run_dir(ds, model, seed)
         if (d / "eval.json").exists():
             evals.append(EvalRecord.read(d / "eval.json"))
-            trains.append(json.loads((d / "train.json").read_text()))
+            trains.append(common.read_train_info(d / "train.json"))
         else:
             log.warning("no eval.json for %s: shown as missing", d)
     return evals, trains
@@ -63,8 +97,7 @@ def failed_runs(params) -> pd.DataFrame:
 
 
 def common_runs(params):
-    from pipeline.params import runs
-    return runs(params)
+    return P.runs(params)
 
 
 def long_table(evals: list[EvalRecord]) -> pd.DataFrame:
@@ -92,81 +125,66 @@ def long_table(evals: list[EvalRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def seed_interval(values: np.ndarray) -> tuple[float, float]:
-    """(mean, half-width of the 95% t-interval across seeds); half-width nan for one seed."""
-    n = len(values)
-    if n < 2:
-        return float(values.mean()), float("nan")
-    return float(values.mean()), T95.get(n - 1, 1.96) * mean_stderr(torch.from_numpy(values))
+def baseline_flags(params: dict) -> dict[str, bool]:
+    """Run name -> whether its registered model is a reference baseline."""
+    return {m: bool(gm.model_class(P.registered_model(params, m)).is_baseline)
+            for m in {m for _, m, _ in common_runs(params)}}
 
 
-def headline(evals: list[EvalRecord], dataset: str) -> pd.DataFrame:
-    """Per-model summary on one dataset: log-likelihood (mean +- 95% CI over seeds), the
-    within-run stderr, estimator, kind, rank within comparable kinds, cost and size."""
-    rows = []
-    by_model: dict[str, list[EvalRecord]] = {}
-    for e in evals:
-        if e.dataset == dataset:
-            by_model.setdefault(e.model, []).append(e)
-    for model, es in sorted(by_model.items()):
-        ll = np.array([e.test_log_likelihood.mean for e in es])
-        mean, half = seed_interval(ll)
-        first = es[0].test_log_likelihood
-        row = {"model": model, "view": es[0].data_view,
-               "log p(x) [nats]": mean, "95% CI (seeds)": half,
-               "stderr (within run)": float(np.mean([e.test_log_likelihood.stderr for e in es])),
-               "estimator": first.method, "kind": first.kind, "seeds": len(es)}
-        bounds = [e.log_likelihood_bounds for e in es if e.log_likelihood_bounds is not None]
-        if bounds:
-            row["sandwich [lower, upper]"] = (
-                f"[{np.mean([b.lower.mean for b in bounds]):.3f}, "
-                f"{np.mean([b.upper.mean for b in bounds]):.3f}]")
-        row |= metric_cells([e.sample_metrics for e in es])
-        row["train s"] = float(np.mean([e.timing.train_seconds for e in es]))
-        row["parameters"] = int(es[0].n_parameters)
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    df["group"] = df["kind"].map(COMPARABLE)
-    df["rank"] = (df.groupby(["view", "group"])["log p(x) [nats]"]
-                  .rank(ascending=False, method="min").astype(int))
-    df["rank"] = df["rank"].astype(str) + " of " + df["group"] + " (" + df["view"] + ")"
-    df = df.drop(columns="group").sort_values(["view", "kind", "log p(x) [nats]"],
-                                              ascending=[True, True, False])
-    refs = [r for v in sorted(df["view"].unique()) if (r := reference_row(dataset, v))]
-    if refs:
-        df = pd.concat([df, pd.DataFrame(refs)], ignore_index=True)
-    return df.astype({"seeds": "Int64", "parameters": "Int64"})
+def per_example_values(summaries: list[Summary], evals: list[EvalRecord]
+                       ) -> tuple[dict[compare.Key, list[np.ndarray]], dict[tuple, str]]:
+    """(values for :func:`pipeline.compare.paired`, (dataset, model) -> why it is unranked).
+
+    A model is ranked only when every seed has per-example values that agree with its
+    eval.json (same count, same mean): a missing or stale per_example.npz leaves it out."""
+    mean_of = {(e.dataset, e.model, e.seed): e.test_log_likelihood for e in evals}
+    values, unranked = {}, {}
+    for s in summaries:
+        arrays = []
+        for seed in s.seeds:
+            v = compare.load(common.run_dir(s.dataset, s.model, seed))
+            est = mean_of[(s.dataset, s.model, seed)]
+            if v is None:
+                unranked[(s.dataset, s.model)] = f"seed {seed} has no per_example.npz"
+                break
+            if not np.isfinite(v).all():
+                unranked[(s.dataset, s.model)] = f"seed {seed} has non-finite values"
+                break
+            if len(v) != est.n or not math.isclose(float(v.mean()), est.mean, rel_tol=1e-9,
+                                                   abs_tol=1e-9):
+                unranked[(s.dataset, s.model)] = (f"seed {seed}: per_example.npz does not "
+                                                  "match eval.json (stale)")
+                break
+            arrays.append(v)
+        else:
+            values[(s.dataset, s.model, s.view, s.group)] = arrays
+    return values, unranked
 
 
-HEADLINE_METRICS = ("fid", "kid", "precision", "recall", "inception_score", "mmd_pixel",
-                    "precision_pixel", "recall_pixel", "memorization_ratio")
+def dataset_info(ds: str) -> DatasetInfo:
+    """Pixels per image (frame), grey levels and the known optimum of dataset ``ds``."""
+    splits = load_splits(common.processed_path(ds))
+    return DatasetInfo(splits.data_dim, splits.levels,
+                       dataset_spec(ds).optimum_log_likelihood)
 
 
-def metric_cells(records: list[dict[str, SampleMetric]],
-                 names=HEADLINE_METRICS) -> dict[str, str]:
-    """"value [lo, hi]" per metric: means over seeds of the value and of its bootstrap 95% CI."""
-    cells = {}
-    for name in names:
-        ms = [r[name] for r in records if name in r]
-        if ms:
-            v, lo, hi = (float(np.mean([getattr(m, k) for m in ms]))
-                         for k in ("value", "ci_low", "ci_high"))
-            cells[name] = f"{v:.3g} [{lo:.3g}, {hi:.3g}]"
-    return cells
-
-
-def reference_row(ds: str, view: str) -> dict | None:
-    """Held-out real data scored like a model (the floor of every sample metric)."""
+def reference_metrics(ds: str, view: str) -> dict | None:
+    """Sample metrics of held-out real data (the reference row), or None."""
     path = common.classifier_path(ds).parent / "reference.json"
     if not path.exists():
         return None
     ref = json.loads(path.read_text())["reference"].get(view)
-    if not ref:
-        return None
-    return {"model": "reference (held-out data)", "view": view} | metric_cells(
-        [sample_metrics_from(ref, f"{path}: reference.{view}")])
+    return sample_metrics_from(ref, f"{path}: reference.{view}") if ref else None
+
+
+def classifier_words(ds: str) -> str:
+    """The feature space of dataset ``ds``'s sample metrics, for the legend."""
+    path = common.classifier_path(ds)
+    clf = load_classifier(path) if path.exists() else None
+    ref = path.parent / "reference.json"
+    acc = json.loads(ref.read_text()).get("classifier", {}) if ref.exists() else {}
+    return legend.classifier_text(clf.config.features if clf else None,
+                                  clf.config.arch if clf else None, acc)
 
 
 def _fmt(df: pd.DataFrame) -> pd.DataFrame:
@@ -206,14 +224,6 @@ def published_table(evals: list[EvalRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def sandwich_table(evals: list[EvalRecord]) -> pd.DataFrame:
-    """AIS sandwiches: RAISE lower and AIS upper stochastic bounds and their gap, per run."""
-    return pd.DataFrame([
-        {"dataset": e.dataset, "model": e.model, "seed": e.seed,
-         "lower (RAISE)": b.lower.mean, "upper (AIS)": b.upper.mean, "gap": b.gap}
-        for e in evals if (b := e.log_likelihood_bounds) is not None])
-
-
 def curves(trains: list[dict]) -> pd.DataFrame:
     rows = []
     for t in trains:
@@ -225,54 +235,214 @@ def curves(trains: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build(params: dict) -> list[tuple]:
-    evals, trains = collect(params)
-    figdir = OUT / "figures"
-    if figdir.exists():
-        shutil.rmtree(figdir)
-    figdir.mkdir(parents=True)
-    table = long_table(evals)
-    with atomic_path(OUT / "results.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    curve_df = curves(trains)
-    with atomic_path(OUT / "curves.csv") as tmp:
-        curve_df.to_csv(tmp, index=False)
-    datasets = list(params["datasets"])
-    blocks: list[tuple] = [
+def strict(obj):
+    """``obj`` with every non-finite float replaced by None (valid JSON for strict parsers)."""
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_strict_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(strict(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def metrics_record(summaries: list[Summary], infos: dict[str, DatasetInfo],
+                   rank: dict) -> dict:
+    """reports/metrics.json: per dataset and model, the headline value with its interval,
+    bits/dim, kind, group, rank and mean sample metrics."""
+    out: dict[str, dict] = {}
+    for s in summaries:
+        iv = s.interval()
+        rec = {"log_likelihood": s.mean, "ci_low": iv[0] if iv else None,
+               "ci_high": iv[1] if iv else None, "kind": s.kind, "method": s.method,
+               "group": s.group, "view": s.view, "seeds": len(s.seeds),
+               "rank": rank.get((s.dataset, s.view, s.group, s.model)),
+               "baseline": s.baseline}
+        if s.group != "proxy":
+            rec["bits_per_dim"] = tables.bits_per_dim(s.mean, infos[s.dataset], s.view)
+        names = sorted({n for m in s.metrics for n in m})
+        rec["sample_metrics"] = {n: float(np.mean([m[n].value for m in s.metrics if n in m]))
+                                 for n in names}
+        out.setdefault(s.dataset, {})[s.model] = rec
+    return out
+
+
+def header(params: dict, evals: list[EvalRecord], fingerprint: dict) -> list[tuple]:
+    """The report's title and what every table shares: runs, seeds, provenance, units,
+    intervals, ranks."""
+    return [
         ("h", 1, "gm-bench report"),
         ("p", f"Runs: {len(evals)} of {len(common_runs(params))} (dataset, model, seed) "
-              f"combinations; seeds {params['seeds']}; git commit {tracking.git_commit()[:12]}. "
-              "log p(x) is the per-example test log-likelihood in nats (higher is better; "
-              "NLL = -log p(x)). The 95% CI is a t-interval across seeds; the within-run stderr "
-              "is the standard error of the estimator on the test set. Ranks compare only "
-              "results of comparable kind on the same data view: exact values and estimates of "
-              "log p(x) together; lower bounds, upper bounds and proxies (Parzen windows) each "
-              "among themselves. Real-view results are densities of dequantised grey levels "
-              "and are not comparable with binary-view probabilities."),
+              f"combinations; seeds {params['seeds']} ({len(params['seeds'])} per model)."),
+        ("p", f"Provenance fingerprint {fingerprint['sha256'][:16]}: code "
+              f"{fingerprint['code'][:12]} (every source file each stage ran), params "
+              f"{fingerprint['params'][:12]}, data {fingerprint['data'][:12]} "
+              "(pipeline/provenance.py; reports/metrics.json has them whole). The same code, "
+              "params and data give this fingerprint; tests/test_report_fingerprint.py checks "
+              f"the committed report against the tree. Built at git commit "
+              f"{tracking.git_commit()[:12]}" + (" with uncommitted changes (this report is "
+              "committed with them)" if tracking.git_dirty() else "") + "."),
+        ("p", "Values are per-example test log-likelihoods in nats per image (higher is "
+              "better; NLL = -log p(x)) with bits per dimension beside them. Each dataset has "
+              "separate tables for log-likelihoods (exact values and estimates), lower bounds, "
+              "upper bounds and proxies (Parzen windows), and for the binary view "
+              "(probabilities) apart from the real view (densities of grey levels): values of "
+              "different tables are not comparable. '95% CI across seeds' is the t-interval of "
+              "the mean over seeds, [low, high]."),
+        ("p", "Ranks come from paired comparisons: for every two models in one table, the "
+              "mean per-example difference on the same test examples with a hierarchical "
+              f"bootstrap 95% interval ({compare.N_RESAMPLES} resamples, seed {compare.SEED}; "
+              "each resample draws each model's seeds and, shared by both models, the test "
+              "examples with replacement, so the interval includes seed-to-seed variation). "
+              "Rank = 1 + the number of models significantly better (interval excluding 0), "
+              "so models whose difference is not significant share a rank. Every pair's "
+              "difference and interval is in reports/pairs.csv."),
     ]
-    metrics_json = {}
-    for ds in datasets:
-        df = headline(evals, ds)
-        if df.empty:
+
+
+def value_blocks(ds: str, rows: list[Summary], group: str, view: str, info: DatasetInfo,
+                 rank: dict[str, int], pairs: pd.DataFrame, unranked: dict) -> list[tuple]:
+    """Heading, explanation, table and significant pairs of one (view, group); ``rank``:
+    model -> rank (unranked models absent)."""
+    conditional = view == "sequence" and group == "likelihood"
+    title = "conditional log-likelihoods log p(x_t | x_<t)" if conditional \
+        else GROUP_TITLE[group]
+    text = [CONDITIONAL_TEXT if conditional else GROUP_TEXT[group]]
+    if view == "real":
+        text.append(REAL_TEXT + f" Here d = {info.data_dim}, L = {info.levels}.")
+    elif not conditional:
+        text.append(f"Here d = {info.data_dim} pixels.")
+    table = tables.value_table(rows, group, view, info, rank)
+    if any(s.baseline for s in rows):
+        text.append(BASELINE_TEXT)
+    if info.optimum is not None and group == "likelihood" and view == "binary":
+        text.append("The optimum row is the best average log p(x) any model can reach on this "
+                    "data (uniform mass on its distinct patterns).")
+    out = [("h", 3, f"{ds}: {title}, {VIEW_TITLE[view]}"), ("p", " ".join(text)),
+           ("table", table)]
+    notes = []
+    if 1 < len(rank):
+        sub = pairs[(pairs["dataset"] == ds) & (pairs["view"] == view)
+                    & (pairs["group"] == group)]
+        better = {m: bs for (d, v, g, m), bs in compare.better_than(sub).items()}
+        order = [s.model for s in sorted(rows, key=lambda s: (rank.get(s.model, 1e9), -s.mean))]
+        notes.append("Significantly better (paired bootstrap, 95%; every pair in the "
+                     "paired-comparisons figure below): "
+                     + tables.significant_pairs(order, better) + ".")
+    missing = [f"{m} ({why})" for (d, m), why in sorted(unranked.items())
+               if d == ds and m in {s.model for s in rows}]
+    if missing:
+        notes.append(f"Rank {tables.DASH}: not ranked, no usable per-example values: "
+                     + "; ".join(missing) + ".")
+    if any(len(s.seeds) < 2 for s in rows):
+        notes.append(f"95% CI {tables.DASH}: one seed, no interval across seeds.")
+    return out + [("p", " ".join(notes))] if notes else out
+
+
+def quality_blocks(ds: str, rows: list[Summary], view: str) -> tuple[list[tuple], list[str]]:
+    """(blocks of the sample-quality tables of one view, metric names shown)."""
+    ref = reference_metrics(ds, view)
+    found = tables.quality_tables(rows, ref)
+    if not found:
+        return [], []
+    n = next((m.details.get("n_samples") for s in rows for ms in s.metrics
+              for m in ms.values()), None)
+    out = [("h", 3, f"{ds}: sample quality, {VIEW_TITLE[view]}"),
+           ("p", "Value [bootstrap 95% interval] of each sample metric"
+                 + (f", on {n} samples per model" if n else "")
+                 + "; directions, meanings and the reference row are explained in the "
+                   "legend below. These are measures of samples, not likelihoods.")]
+    names = []
+    for space, df in found:
+        out += [("p", "Classifier-feature metrics (the pipeline's own classifier of this "
+                      "dataset, not Inception-v3; see the legend)." if space == "features"
+                 else "Pixel-space metrics."), ("table", df)]
+        names += [c for c in df.columns if c != "model"]
+    return out, names
+
+
+def dataset_blocks(ds: str, summaries: list[Summary], info: DatasetInfo, pairs: pd.DataFrame,
+                   rank: dict, unranked: dict, evals, trains, figdir: Path,
+                   params: dict) -> list[tuple]:
+    """Every section of dataset ``ds``: value tables per (view, group), the AIS bracket,
+    sample quality per view, the metric legend, figures and sample grids."""
+    mine = [s for s in summaries if s.dataset == ds]
+    views = [v for v in tables.VIEW_ORDER if any(s.view == v for s in mine)]
+    views += sorted({s.view for s in mine} - set(views))
+    blocks: list[tuple] = [("h", 2, ds)]
+    for view in views:
+        for group in tables.GROUP_ORDER:
+            rows = [s for s in mine if s.view == view and s.group == group]
+            if rows:
+                ranks = {s.model: rank[k] for s in rows if (k := (ds, view, group, s.model))
+                         in rank}
+                blocks += value_blocks(ds, rows, group, view, info, ranks, pairs, unranked)
+    bracket = tables.bracket_table(mine)
+    if not bracket.empty:
+        blocks += [("h", 3, f"{ds}: AIS sandwich (a stochastic bracket)"),
+                   ("p", SANDWICH_NOTE + " Both sides are means over seeds, in nats per "
+                         "image."),
+                   ("table", bracket)]
+    shown: list[str] = []
+    for view in views:
+        qb, names = quality_blocks(ds, [s for s in mine if s.view == view], view)
+        blocks += qb
+        shown += [n for n in names if n not in shown]
+    if shown:
+        blocks.append(("h", 3, f"{ds}: metric legend"))
+        if any(n in legend.FEATURE_METRICS for n in shown):
+            blocks.append(("p", "Classifier features: " + classifier_words(ds) + "."))
+        blocks += [("table", legend.legend_table(shown)), ("p", legend.REFERENCE_NOTE)]
+    ds_pairs = pairs[pairs["dataset"] == ds] if not pairs.empty else None
+    registered = {s.model: P.registered_model(params, s.model) for s in mine}
+    for name, fig in plots.dataset_figures(evals, trains, ds, figdir, ds_pairs,
+                                           registered=registered, optimum=info.optimum,
+                                           pixels=info.data_dim).items():
+        blocks.append(("img", fig, f"{ds}: {name}"))
+    blocks.append(("h", 3, f"{ds}: samples"))
+    for e in sorted((e for e in evals if e.dataset == ds), key=lambda e: (e.model, e.seed)):
+        if e.seed != params["seeds"][0]:
             continue
-        metrics_json[ds] = {r["model"]: {"log_likelihood": r["log p(x) [nats]"],
-                                         "kind": r["kind"]} for r in df.to_dict("records")}
-        blocks += [("h", 2, f"{ds}: headline table"),
-                   ("p", "Sample metrics: value [bootstrap 95% interval], means over seeds, "
-                         "computed on as many samples as the validation split has images; the "
-                         "reference row scores that held-out data itself."),
-                   ("table", _fmt(df))]
-        for name, fig in plots.dataset_figures(evals, trains, ds, figdir).items():
-            blocks.append(("img", fig, f"{ds}: {name}"))
-        blocks.append(("h", 3, f"{ds}: samples"))
-        for e in sorted((e for e in evals if e.dataset == ds), key=lambda e: (e.model, e.seed)):
-            if e.seed != params["seeds"][0]:
-                continue
-            src = common.run_dir(ds, e.model, e.seed)
-            for png in [src / "samples.png", *sorted(src.glob("extra_*.png"))]:
-                dst = figdir / f"{ds}-{e.model}-{png.stem}.png"
-                shutil.copyfile(png, dst)
-                blocks.append(("img", dst, f"{e.model} {png.stem.replace('extra_', '')}"))
+        src = common.run_dir(ds, e.model, e.seed)
+        for png in [src / "samples.png", *sorted(src.glob("extra_*.png"))]:
+            dst = figdir / f"{ds}-{e.model}-{png.stem}.png"
+            shutil.copyfile(png, dst)
+            blocks.append(("img", dst, f"{e.model} {png.stem.replace('extra_', '')}"))
+    return blocks
+
+
+def build(params: dict, out: Path) -> list[tuple]:
+    """Write every report file but the documents into the empty folder ``out``; return the
+    document's blocks."""
+    evals, trains = collect(params)
+    figdir = out / "figures"
+    figdir.mkdir(parents=True)
+    long_table(evals).to_csv(out / "results.csv", index=False)
+    curves(trains).to_csv(out / "curves.csv", index=False)
+    registered_all = {m: P.registered_model(params, m) for m in params["models"]}
+    plots.progress_table(trains, registered_all).to_csv(out / "progress.csv", index=False)
+
+    summaries = tables.summarise(evals, baseline_flags(params))
+    values, unranked = per_example_values(summaries, evals)
+    pairs = compare.paired(values)
+    pairs.to_csv(out / "pairs.csv", index=False)
+    rank = compare.ranks(pairs, [(d, v, g, m) for d, m, v, g in values])
+    datasets = [ds for ds in params["datasets"] if any(s.dataset == ds for s in summaries)]
+    infos = {ds: dataset_info(ds) for ds in datasets}
+
+    fingerprint = provenance.report_fingerprint(
+        params, {ds: load_splits(common.processed_path(ds)).checksum()
+                 for ds in sorted({d for d, _, _ in P.runs(params)})})
+    blocks = header(params, evals, fingerprint)
+    for ds in datasets:
+        blocks += dataset_blocks(ds, summaries, infos[ds], pairs, rank, unranked, evals,
+                                 trains, figdir, params)
     pub = published_table(evals)
     if not pub.empty:
         blocks += [("h", 2, "Published results"),
@@ -280,14 +450,6 @@ def build(params: dict) -> list[tuple]:
                          "with its source; differences only mean something between results of "
                          "the same kind, data and architecture."),
                    ("table", _fmt(pub))]
-    sw = sandwich_table(evals)
-    if not sw.empty:
-        blocks += [("h", 2, "AIS sandwiches"),
-                   ("p", "Forward AIS gives a stochastic upper bound on log p(x) (its log Z is a "
-                         "stochastic lower bound); reverse AIS (RAISE, Burda et al. 2015) a "
-                         "stochastic lower bound. The gap measures how far the annealing is "
-                         "from converged."),
-                   ("table", _fmt(sw))]
     val = validation_table(evals)
     exact = val[val["reference kind"] == "exact"] if not val.empty else val
     other = val[val["reference kind"] != "exact"] if not val.empty else val
@@ -307,7 +469,8 @@ def build(params: dict) -> list[tuple]:
     failed = failed_runs(params)
     if not failed.empty:
         blocks += [("h", 2, "Failed or missing runs"), ("table", failed)]
-    write_json(OUT / "metrics.json", metrics_json)
+    write_strict_json(out / "metrics.json", metrics_record(summaries, infos, rank)
+                      | {"fingerprint": fingerprint})
     return blocks
 
 
@@ -316,16 +479,28 @@ def run(args, params) -> None:
     # while this one builds the report (the pipeline's last step: both cores at work)
     sender = subprocess.Popen([sys.executable, "-m", "pipeline.tracking", "--replay"],
                               stdout=subprocess.DEVNULL)
-    blocks = build(params)
-    if sender.wait() != 0:
-        log.warning("some MLflow calls could not be sent; they stay pending")
-    pending = tracking.pending_runs()
-    if pending:
-        blocks.append(("p", "MLflow: calls of these runs are not yet logged (store unreachable):"
-                            " " + ", ".join(map(str, pending))))
-    write_text(OUT / "report.md", document.to_markdown(blocks, OUT))
-    write_text(OUT / "report.html", document.to_html(blocks, "gm-bench report"))
+    with swap.building(OUT) as out:          # a kill leaves the previous report whole
+        try:
+            blocks = build(params, out)
+        finally:
+            status = sender.wait()   # its log lines come before an error line
+        if status != 0:
+            log.warning("some MLflow calls could not be sent; they stay pending")
+        pending = tracking.pending_summary()
+        if pending:
+            blocks += [("h", 2, "MLflow calls not yet logged"),
+                       ("p", "They wait in each run's mlflow_journal.jsonl; `python -m "
+                             "pipeline.tracking --replay` sends them once the cause is fixed."),
+                       ("table", pd.DataFrame([{k: p[k] for k in ("run", "calls", "cause")}
+                                               for p in pending]))]
+        render(blocks, out)
     log.info("wrote %s", OUT / "report.md")
+
+
+def render(blocks: list[tuple], out: Path) -> None:
+    """Write report.md and the self-contained report.html into ``out``."""
+    (out / "report.md").write_text(document.to_markdown(blocks, out))
+    (out / "report.html").write_text(document.to_html(blocks, "gm-bench report"))
 
 
 def main(argv=None) -> int:

@@ -4,26 +4,31 @@
 
 Writes results/D/M/seedS/{model.pt, train.json}; checkpoints every
 ``train.checkpoint_every`` epochs to ``checkpoint.pt`` and resumes from it when rerun after a
-crash; logs parameters and per-epoch metrics to MLflow, live once training has run for
-GM_MLFLOW_DEFER_SECONDS (60 s), the calls of a shorter training kept for the report stage to
-send (pipeline/tracking.py).  ``mlflow_run_id`` in train.json is null when they were kept.
+crash; logs to MLflow (pipeline/tracking.py) the resolved model config (every field, defaults
+included), the train settings, seeds and data checksum as params, and per-epoch metrics at their
+epoch step, live once training has run for GM_MLFLOW_DEFER_SECONDS (60 s), the calls of a
+shorter training kept in the run's journal for the report stage to send.  The MLflow run's uid
+travels in the checkpoint: a resume continues the same run and logs each epoch once.
+``mlflow_run_id`` in train.json is null when the calls were kept.
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 import gm
-from gm.config import prefixed
+from gm.config import config_dict, prefixed
 from gm.data import load_splits
 from gm.errors import ConfigError, DivergenceError
 from gm.io import write_json
 from gm.progress import progress
 from gm.ops import bernoulli
-from pipeline import checkpoint, common, tracking
+from pipeline import checkpoint, common, provenance, tracking
 from pipeline import params as P
 from pipeline.common import log
 
@@ -82,7 +87,29 @@ def build_model(registered: str, name: str, data_dim: int, hparams: dict) -> gm.
         raise prefixed(err, f"models.{name}.model") from None
 
 
+def run_params(model: gm.GenerativeModel, block: dict, params: dict, seed: int, dataset: str,
+               splits, registered: str) -> dict:
+    """The MLflow params of a training run: every field of the resolved model config (defaults
+    included) under ``model.model``, the train settings under ``model.train``, the seeds, and
+    the data it saw (dataset, view, checksum of the prepared arrays)."""
+    return {"model": {"registered": registered, "train": dict(block["train"]),
+                      "model": config_dict(model.config)},
+            "seed": seed, "root_seed": params["seed"],
+            "data": {"dataset": dataset, "view": model.input_kind,
+                     "binarization": splits.binarization, "checksum": splits.checksum()}}
+
+
+def code_fingerprint(name: str) -> dict[str, str]:
+    """The train stage's code hash for run ``name`` (pipeline/code.py), when it was written."""
+    path = Path("results/code") / f"{name}.train.json"
+    try:
+        return {"gm.code.train": json.loads(path.read_text())["sha256"]}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
 def run(args, params) -> None:
+    started = int(time.time() * 1000)           # the MLflow run's real start time
     ds, name, seed = args.dataset, args.model, args.seed
     block = P.train_settings(params, name)          # base, train, model: never evaluate
     registered = P.registered_model(params, name)   # a variant's base, else name
@@ -98,30 +125,43 @@ def run(args, params) -> None:
     x = torch.as_tensor(splits.view(model.input_kind)["train"], device=device)
     dynamic = splits.binarization == "dynamic" and model.input_kind == "binary"
     g = common.stage_generator(params, "train", ds, name, seed, device)
-    ckpt_path, start, history, elapsed = out / "checkpoint.pt", 0, [], 0.0
+    ckpt_path, start, history, elapsed, run_uid = out / "checkpoint.pt", 0, [], 0.0, None
     phash = tracking.params_hash({"model": block, "seed": params["seed"], "data": ds})
+    fingerprint = provenance.train_fingerprint(params, ds, name, seed,
+                                               data_checksum=splits.checksum(),
+                                               data_dim=splits.data_dim)
     if ckpt_path.exists():
         state = checkpoint.load_state(ckpt_path, expect_model=registered)
-        if state["extra"].get("params_hash") == phash:
+        if (state["extra"].get("fingerprint") or {}).get("sha256") != fingerprint["sha256"]:
+            log.info("%s was made with other params, data or code: training afresh", ckpt_path)
+        elif state["extra"].get("params_hash") == phash:
             model = checkpoint.restore(state, device)
             g.set_state(state["extra"]["generator"])
             start, history = state["epoch"], state["extra"]["history"]
             elapsed = state["extra"]["train_seconds"]
+            run_uid = state["extra"].get("mlflow_run_uid")
             log.info("resuming %s from its checkpoint after epoch %d", out, start)
-    tracker = tracking.RunLogger(out, ds, name, seed, params={"model": block, "seed": seed},
-                                 tags={"gm.params_hash": phash, "git_commit": tracking.git_commit(),
-                                       "device": str(device)},
-                                 defer=tracking.DEFER_SECONDS)
+    tracker = tracking.RunLogger(
+        out, ds, name, seed, params=run_params(model, block, params, seed, ds, splits, registered),
+        tags={"gm.params_hash": phash, "git_commit": tracking.git_commit(),
+              "device": str(device), "gm.fingerprint": fingerprint["sha256"]}
+        | code_fingerprint(name),
+        defer=tracking.DEFER_SECONDS, run_uid=run_uid, scope="train", start_time=started)
+    if start and run_uid is None:   # a checkpoint from before runs had uids: a new run gets all
+        for h in history:
+            tracker.metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
     t0 = time.perf_counter()
 
     def on_epoch(epoch, metrics):
         tracker.metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
         history.append(metrics)
         if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
-            tracker.flush()  # every epoch up to the checkpoint is in the store
+            tracker.flush()  # every epoch up to the checkpoint is journaled (or in the store)
             checkpoint.save(ckpt_path, model, epoch=epoch + 1, extra={
-                "params_hash": phash, "generator": g.get_state(), "history": history,
-                "train_seconds": elapsed + time.perf_counter() - t0})
+                "params_hash": phash, "fingerprint": fingerprint,
+                "generator": g.get_state(), "history": history,
+                "train_seconds": elapsed + time.perf_counter() - t0,
+                "mlflow_run_uid": tracker.uid})
 
     failed = out / "failed.json"
     failed.unlink(missing_ok=True)
@@ -135,19 +175,24 @@ def run(args, params) -> None:
         tracker.finish("FAILED")
         raise
     seconds = elapsed + time.perf_counter() - t0
-    checkpoint.save(out / "model.pt", model, epoch=epochs, extra={"params_hash": phash})
+    checkpoint.save(out / "model.pt", model, epoch=epochs, extra={
+        "params_hash": phash, "fingerprint": fingerprint,
+        "train_params": provenance.train_params(params, ds, name, seed)})
     write_json(out / "train.json", {
         "dataset": ds, "model": name, "seed": seed, "epochs": epochs, "batch_size": batch_size,
         "train_seconds": seconds, "n_parameters": model.n_parameters(), "device": str(device),
-        "resumed_from_epoch": start, "history": history, "mlflow_run_id": tracker.run_id})
+        "resumed_from_epoch": start, "history": history, "mlflow_run_id": tracker.run_id,
+        "mlflow_run_uid": tracker.uid, "fingerprint": fingerprint})
     tracker.metrics({"train_seconds": seconds})
     tracker.artifact(out / "model.pt", "checkpoint")
+    tracker.finish()     # training's end time; evaluation later moves it to its own end
     ckpt_path.unlink(missing_ok=True)
     log.info("trained %s/%s seed %d in %.1f s", ds, name, seed, seconds)
 
 
 def main(argv=None) -> int:
-    return common.run_stage(run, argv, __doc__.splitlines()[0], model=True, seed=True)
+    return common.run_stage(run, argv, __doc__.splitlines()[0], model=True, seed=True,
+                            memory=True)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ BIN = Path(sys.executable).parent
 
 
 def make_project(path: Path, params: dict) -> Path:
-    """A scratch copy of the repository's pipeline files with its own params.yaml and git."""
+    """A scratch copy of the repository's pipeline files and library (the stages import gm from
+    the working directory, and code is a declared input) with its own params.yaml."""
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "dvc.yaml"):
+    for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, path / name)
-    for name in ("pipeline", "configs"):
+    for name in ("pipeline", "configs", "gm"):
         shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return path

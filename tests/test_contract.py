@@ -5,6 +5,8 @@ its default config unless ``TINY`` gives it smaller settings.  For each model (a
 case in ``VARIANTS``):
 
 - ``fit_step`` on a minibatch returns finite float diagnostics and updates the model;
+- the class declares its ``progress`` curve (``gm.base.Curve``), a metric that training
+  actually logs (its per-epoch ``fit_step`` means or ``end_epoch`` output), not a schedule;
 - ``sample(n)`` is (n, data_dim), in the data range [0, 1] (binary models: exactly 0/1 unless
   their samples are pixel means), and a function of the generator alone (not the global RNG);
 - ``log_likelihood`` returns a ``LogLikelihood`` of a kind in ``gm.base.KINDS`` with finite
@@ -35,7 +37,7 @@ import pytest
 import torch
 
 import gm
-from gm.base import KINDS, Budget, EitherView, LogLikelihood
+from gm.base import KINDS, Budget, Curve, EitherView, LogLikelihood
 from gm.config import Checked
 from gm.data import dataset_spec
 from gm.errors import ConfigError
@@ -199,6 +201,24 @@ def test_fit_step_returns_finite_floats_and_updates(name, kw, views):
         f"{name}: fit_step changed no parameter or buffer"
     for k, p in model.named_parameters():   # (buffers may hold NaN for "not chosen yet")
         assert torch.isfinite(p).all(), f"{name}: {k} not finite after fit_step"
+
+
+SCHEDULE_KEYS = {"lr", "layer", "phase", "epoch_seconds"}   # logged, but not progress
+
+
+@per_case
+def test_progress_curve_is_a_logged_metric(name, kw, views):
+    """The declared progress curve is a key of the per-epoch history that the pipeline's
+    training loop records (fit_step means plus end_epoch), finite, in the last of 2 epochs
+    (gmmn in code space logs its MMD only after autoencoder pretraining)."""
+    curve = gm.model_class(name).progress
+    assert isinstance(curve, Curve), f"{name}: no progress Curve declared"
+    assert curve.label and isinstance(curve.unit, str) and isinstance(curve.higher_is_better, bool)
+    assert curve.metric not in SCHEDULE_KEYS, f"{name}: {curve.metric} is a schedule, not progress"
+    model, data = setup(name, kw, views)
+    history = train_model(model, data.train, epochs=2, batch_size=data.batch, generator=G(1))
+    assert curve.metric in history[-1], (name, curve.metric, sorted(history[-1]))
+    assert all(math.isfinite(h[curve.metric]) for h in history if curve.metric in h)
 
 
 # --- sampling --------------------------------------------------------------------------------

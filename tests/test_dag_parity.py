@@ -37,6 +37,10 @@ def dvc_stages(path: Path) -> dict[str, dict]:
     return stages
 
 
+def is_code_stage(cmd: str) -> bool:
+    return cmd.startswith("python -m pipeline.code ")
+
+
 def covered(path: str, deps: set[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
@@ -49,9 +53,13 @@ def test_snakefile_and_dvc_yaml_declare_the_same_dag(project):
     path = project(p)
     smk, dvc = snakemake_jobs(path), dvc_stages(path)
     assert set(smk) == set(dvc), set(smk) ^ set(dvc)
-    assert len(smk) == 2 * 3 + 2 * 2 * 2 + 1     # fetch/prepare/classifier, train/evaluate, report
+    # fetch/prepare/classifier, train/evaluate, report; code of train/evaluate per model, report
+    assert len(smk) == 2 * 3 + 2 * 2 * 2 + 1 + 2 + 1
     for cmd in smk:
         assert smk[cmd]["outputs"] == dvc[cmd]["outputs"], cmd
+        if is_code_stage(cmd):   # Snakemake: the files the stage imports; DVC: gm/ and pipeline/
+            assert smk[cmd]["inputs"] and all(i.endswith(".py") for i in smk[cmd]["inputs"]), cmd
+            assert dvc[cmd]["inputs"] == {"gm", "pipeline"}, cmd
         # DVC may depend on a directory holding Snakemake's individual inputs (results/)
         assert all(covered(i, dvc[cmd]["inputs"]) for i in smk[cmd]["inputs"]), cmd
         assert all(any(covered(i, {d}) for i in smk[cmd]["inputs"]) for d in dvc[cmd]["inputs"]), cmd

@@ -52,15 +52,42 @@ def test_sandwich_and_mean_field_bound_against_exact():
     lower, upper = (float(est["ais"].bounds[k].mean()) for k in ("lower", "upper"))
     assert lower - 0.05 <= exact.mean <= upper + 0.05, (lower, exact.mean, upper)
     assert abs(est["ais"].mean - exact.mean) < 0.1
-    assert est["raise"].kind == est["mean_field"].kind == "lower_bound"
+    assert est["mean_field"].kind == "lower_bound"
+    assert est["raise"].kind == "estimate"      # a bound of log p_ann(x), not of log p(x)
     assert (est["mean_field"].values <= exact.values + 1e-9).all()
     big = m.log_likelihood(x, generator=torch.Generator().manual_seed(1),
                            budget=Budget(exact_max_bits=3, ais_chains=100, ais_betas=150))
     assert (big.method, big.kind) == ("ais", "estimate") and abs(big.mean - exact.mean) < 0.1
     none = m.log_likelihood(x, generator=torch.Generator().manual_seed(1),
                             budget=Budget(exact_max_bits=2, ais_chains=100, ais_betas=150))
-    assert (none.method, none.kind) == ("mean_field+ais", "lower_bound")
+    assert (none.method, none.kind) == ("mean_field+ais", "estimate")
     assert none.mean < exact.mean + 0.05 and "lower" in none.bounds
+
+
+def test_mean_field_with_ais_log_z_is_an_estimate_biased_high():
+    """The mean-field bound minus an AIS log Z is no lower bound: log Z-hat is biased low
+    (E[log Z-hat] <= log Z), so with a short annealing the value lies above the exact log p(v)
+    on average over independent runs (measured: +5.1 +- 0.6 nats, every one of 30 runs above),
+    hence kind "estimate".  With the exact log Z the same bound stays below exact: "lower_bound".
+    Fails if the AIS variant is labelled a lower bound, or if its mean over runs is not above
+    exact by 3 standard errors."""
+    m = _dbm(scale=1.5)
+    x = binary_states(6)
+    exact = m.log_likelihood(x, generator=torch.Generator(), budget=Budget())
+    assert exact.kind == "exact"
+    short = Budget(exact_max_bits=2, ais_chains=4, ais_betas=1, raise_chains=0)
+    over = []
+    for seed in range(30):
+        ll = m.log_likelihood(x, generator=torch.Generator().manual_seed(seed), budget=short)
+        assert (ll.method, ll.kind) == ("mean_field+ais", "estimate")
+        over.append(ll.mean - exact.mean)
+    over = torch.tensor(over)
+    se = float(over.std()) / len(over) ** 0.5
+    assert float(over.mean()) - 3 * se > 0, (float(over.mean()), se)
+    est = m.validation_estimates(x, generator=torch.Generator().manual_seed(0),
+                                 budget=Budget(ais_chains=4, ais_betas=1, raise_chains=0))
+    assert est["mean_field"].kind == "lower_bound"
+    assert float(est["mean_field"].mean) <= exact.mean
 
 
 def test_phases_and_training_improve_likelihood():

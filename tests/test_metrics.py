@@ -16,7 +16,8 @@ from gm.metrics.inception import inception_score, inception_score_from_logits
 from gm.metrics.kernel import (gaussian_kernel, kid, median_bandwidth, mmd2_gaussian,
                                mmd2_unbiased, polynomial_kernel)
 from gm.metrics.memorization import memorization
-from gm.metrics.precision_recall import knn_radii, precision_recall
+from gm.metrics.precision_recall import (KNNManifolds, density_coverage, knn_radii,
+                                         precision_recall)
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +170,67 @@ def test_precision_counts_exact_duplicates_as_neighbours():
     assert p == 0.5 and r == 1.0
 
 
+# --- density and coverage (Naeem et al. 2020) ---------------------------------------------
+def brute_density_coverage(fake, real, k, w_fake=None, w_real=None):
+    """Naeem et al. (2020) eqs. (3), (4) by explicit loops, points counted with multiplicity."""
+    w_fake = torch.ones(len(fake)) if w_fake is None else w_fake
+    w_real = torch.ones(len(real)) if w_real is None else w_real
+    r = knn_radii(torch.cdist(real, real), k, w_real.double())
+    held = covered = 0.0
+    for j in range(len(fake)):
+        held += float(w_fake[j]) * sum(float(w_real[i]) for i in range(len(real))
+                                       if float(torch.dist(fake[j], real[i])) <= float(r[i]))
+    for i in range(len(real)):
+        covered += float(w_real[i]) * any(float(w_fake[j]) > 0 and
+                                          float(torch.dist(fake[j], real[i])) <= float(r[i])
+                                          for j in range(len(fake)))
+    return held / (k * float(w_fake.sum())), covered / float(w_real.sum())
+
+
+def test_density_coverage_match_the_definition_with_and_without_multiplicities():
+    fake, real = gaussian(30, 3, 30, mean=0.3), gaussian(40, 3, 31)
+    for k in (1, 3):
+        d, c = density_coverage(fake, real, k)
+        bd, bc = brute_density_coverage(fake, real, k)
+        assert d == pytest.approx(bd, rel=1e-12) and c == pytest.approx(bc, rel=1e-12)
+    wf = torch.bincount(torch.randint(30, (30,), generator=gen(32)), minlength=30).double()
+    wr = torch.bincount(torch.randint(40, (40,), generator=gen(33)), minlength=40).double()
+    r = KNNManifolds(fake, real, 3)(wf, wr)
+    bd, bc = brute_density_coverage(fake, real, 3, wf, wr)
+    assert r["density"] == pytest.approx(bd, rel=1e-12)
+    assert r["coverage"] == pytest.approx(bc, rel=1e-12)
+
+
+def test_density_coverage_of_identical_and_of_far_apart_sets():
+    x = gaussian(300, 6, 13)
+    # identical sets: every real ball holds its own point and its k neighbours
+    assert density_coverage(x, x, k=3) == (pytest.approx(4 / 3), 1.0)
+    assert density_coverage(x + 100.0, x) == (0.0, 0.0)
+
+
+def test_density_coverage_of_two_samples_of_one_distribution():
+    """Naeem et al. (2020), sec. 3.2: E density = 1 and, for M = N, E coverage about 1 - 2^-k."""
+    a, b = gaussian(2000, 2, 1), gaussian(2000, 2, 2)
+    for k in (1, 3, 5):
+        d, c = density_coverage(a, b, k)
+        assert d == pytest.approx(1.0, abs=0.05), k
+        assert c == pytest.approx(1 - 2.0**-k, abs=0.03), k
+
+
+def test_samples_piled_on_one_real_point_have_high_density_and_low_coverage():
+    """A real point seen 20 times (balls of radius 0 around each copy): samples that all copy
+    it sit in at least its 20 balls, density >= 20 / k, while they cover few real balls."""
+    spread = gaussian(200, 2, 34)
+    real = torch.cat([spread, spread[:1].repeat(19, 1)])          # spread[0] 20 times
+    fake = spread[:1].repeat(300, 1)
+    d, c = density_coverage(fake, real, k=3)
+    held = (torch.cdist(spread[:1], real)[0] <= knn_radii(torch.cdist(real, real), 3)).sum()
+    assert d == pytest.approx(float(held) / 3) and d >= 20 / 3
+    assert c == pytest.approx(float(held) / len(real)) and c < 0.15
+    p, r = precision_recall(fake, real)
+    assert p == 1.0 and r < 0.15
+
+
 # --- inception score -----------------------------------------------------------------------
 def test_inception_score_of_uniform_one_hot_predictions_is_n_classes():
     probs = torch.eye(7).repeat(5, 1)
@@ -230,7 +292,8 @@ ENTRY_KEYS = {"value", "ci_low", "ci_high", "se", "level", "n_boot", "ci_method"
 def test_sample_metrics_shape_floor_and_determinism(digits, small_classifier):
     heldout, test, train = digits.r["val"], digits.r["test"], digits.r["train"]
     ref = reference_metrics(heldout, test, train, small_classifier, generator=1, n_boot=20)
-    assert set(ref) == set(METRICS) - {"precision_pixel", "recall_pixel"}
+    assert set(ref) == set(METRICS) - {"precision_pixel", "recall_pixel", "density_pixel",
+                                        "coverage_pixel"}
     for name, e in ref.items():
         assert ENTRY_KEYS <= set(e), name
         assert e["ci_low"] <= e["value"] <= e["ci_high"], name
@@ -256,6 +319,13 @@ def test_sample_metrics_without_classifier_are_pixel_metrics(digits):
                             generator=gen(), n_boot=10)
     assert all(e["space"] == "pixels" for e in ref.values())
     assert ref["precision_pixel"]["value"] == 1.0 and ref["recall_pixel"]["value"] == 1.0
+    assert ref["coverage_pixel"]["value"] == 1.0 and ref["coverage_pixel"]["k"] == 3
+    # few distinct patterns: every real ball has radius 0 and holds the copies of its pattern,
+    # so density = mean over samples of (test copies of the sample's pattern) / k, far above 1
+    test = torch.tensor(bs.x["test"])
+    copies = (torch.cdist(torch.tensor(bs.x["val"]), test) == 0).sum(1).double()
+    assert ref["density_pixel"]["value"] == pytest.approx(float(copies.mean()) / 3)
+    assert ref["density_pixel"]["value"] > 5
     assert "memorization_ratio" not in ref          # every test pattern is in train: undefined
     assert ref["copy_fraction_test"]["value"] == 1.0
 

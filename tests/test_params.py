@@ -1,13 +1,15 @@
 """params.yaml validation: one clear error naming the field, before any work starts."""
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, run, tiny_params
 
 from gm.errors import ConfigError
+from pipeline import memory as M
 from pipeline import params as P
-from conftest import ROOT, run, tiny_params
 
 
 def test_default_params_are_valid():
@@ -136,3 +138,121 @@ def test_a_variant_is_a_registered_model_under_its_own_name(tmp_path):
     import torch
     state = torch.load(out / "model.pt", weights_only=True)
     assert state["model"] == "rbm" and state["config"]["cd_k"] == 3
+
+
+# --- strict reading: what the two runners would read differently is refused -------------------
+@pytest.mark.parametrize("text, message", [
+    ("seed: 1\nseed: 2\n", "params.yaml: line 2: seed is given twice (first on line 1) (keep one"),
+    ("models:\n  rbm:\n    model: {n_hidden: 8, n_hidden: 9}\n",
+     "params.yaml: line 3: models.rbm.model.n_hidden is given twice (first on line 3)"),
+    ("runs:\n- {dataset: digits, model: rbm, model: nade}\n",
+     "params.yaml: line 2: runs[0].model is given twice"),
+    ("models:\n  rbm:\n    model:\n      lr: 1e-3\n",
+     ("params.yaml: line 4: models.rbm.model.lr: 1e-3 is text to PyYAML (YAML 1.1: Snakemake, "
+      "the stages) but a number to DVC (YAML 1.2) (write 1.0e-3)")),
+    ("evaluate:\n  bandwidth: 5E2\n", "params.yaml: line 2: evaluate.bandwidth: 5E2 is text "),
+])
+def test_strict_reading_refuses_what_dvc_reads_otherwise(tmp_path, monkeypatch, text, message):
+    """PyYAML keeps the last of two equal keys and reads 1e-3 as a string; DVC's YAML 1.2
+    refuses the first and reads a float: both would make the runners disagree silently."""
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        P.read_yaml("params.yaml")
+    assert str(err.value).startswith(message), str(err.value)
+    # the file is named once, not prefixed again by the stage
+    assert P.error_line(err.value, ["params.yaml"]).startswith("error: " + message)
+    yaml.safe_load(text)   # what Snakemake does: no error
+
+
+def test_strict_reading_keeps_valid_yaml(tmp_path):
+    """Merge keys may override, quoted numbers stay text, YAML 1.1 floats are floats; every
+    params file of the repository reads strictly as PyYAML reads it."""
+    f = tmp_path / "p.yaml"
+    f.write_text("base: &b {lr: 0.1, n: 2}\nrbm:\n  <<: *b\n  lr: 0.2\nq: '1e-3'\nr: 1.0e-3\n")
+    assert P.read_yaml(f) == {"base": {"lr": 0.1, "n": 2}, "rbm": {"lr": 0.2, "n": 2},
+                              "q": "1e-3", "r": 0.001}
+    for path in [ROOT / "params.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]:
+        assert P.read_yaml(path) == yaml.safe_load(path.read_text()), path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["models"]["rbm"]["model"].__setitem__("lr", float("inf")),
+     "models.rbm.model.lr: must be a finite number, got inf"),
+    (lambda p: p["models"]["rbm"]["model"].__setitem__("lr", 1e300),
+     "models.rbm.model.lr: 1e+300 overflows float32, the precision the models compute in"),
+    (lambda p: p["models"]["rbm"]["model"].__setitem__("lr", 1e-50),
+     "models.rbm.model.lr: 1e-50 underflows to 0 in float32"),
+    (lambda p: p["evaluate"].__setitem__("parzen_samples", 2 ** 70),
+     "evaluate.parzen_samples: 1180591620717411303424 does not fit in a 64-bit integer"),
+    (lambda p: p["models"]["rbm"].__setitem__("nosuch", {"x": float("nan")}),
+     "models.rbm.nosuch.x: must be a finite number, got nan"),
+])
+def test_numbers_must_be_finite_float32_and_64_bit(edit, message):
+    """1e300 passes a float64 range check (lr > 0) and overflows in the first float32
+    product; every number is checked, wherever it is, before the field's own rules."""
+    p = copy.deepcopy(tiny_params())
+    edit(p)
+    with pytest.raises(ConfigError) as err:
+        P.validate(p)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+# --- memory: estimated on the meta device, compared with the machine's --------------------------
+def test_memory_estimate_counts_parameters_without_allocating():
+    import resource
+    M.memory_estimate("rbm", 16, {"n_hidden": 8})          # warm up torch's meta kernels
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    need, n = M.memory_estimate("rbm", 784, {"n_hidden": 10 ** 9})
+    assert n == 784 * 10 ** 9 + 784 + 10 ** 9                  # W, visible and hidden biases
+    assert need >= M.TRAINING_COPIES * 4 * n                   # float32, x gradient and moments
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024
+    assert grown_mb < 200, f"the estimate allocated {grown_mb:.0f} MB"
+    assert M.memory_estimate("dcgan", 1, {"upsamplings": 3}) is None   # cannot fit 1x1 images
+
+
+def test_machine_memory_is_the_ram_or_the_override(monkeypatch):
+    total_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                    if line.startswith("MemTotal:"))
+    assert 0 < M.machine_memory() <= total_kb * 1024 + 2 ** 20
+    monkeypatch.setenv("GM_MEMORY_GB", "2")
+    assert M.machine_memory() == 2 * 2 ** 30
+
+
+@pytest.mark.parametrize("model, block, message", [
+    ("rbm", {"n_hidden": 10 ** 9}, ("models.rbm.model.n_hidden: 1000000000 needs at least "
+                                    "29.8 GiB of memory to train on bars_stripes (2e+09 "
+                                    "parameters")),
+    ("dbn", {"hidden": [100000, 100000]}, ("models.dbn.model.hidden: [100000, 100000] needs "
+                                           "at least 149 GiB")),
+    ("diffusion", {"n_layers": 10 ** 6}, ("models.diffusion.model.n_layers: 1000000 is "
+                                          "absurdly large: building the model alone (without "
+                                          "its tensors) takes over 5 s")),
+])
+def test_absurd_sizes_are_refused_with_the_estimate(tmp_path, monkeypatch, model, block, message):
+    """Before prepare the data dimension is unknown and taken as 1: a lower bound."""
+    monkeypatch.chdir(tmp_path)                      # no data/processed here
+    monkeypatch.setenv("GM_MEMORY_GB", "16")
+    p = tiny_params()
+    p["models"] = {model: {"train": {"epochs": 1, "batch_size": 10}, "model": block}}
+    p["runs"] = [{"dataset": "bars_stripes", "model": model}]
+    P.validate(p)                                    # valid, only too big
+    with pytest.raises(ConfigError) as err:
+        M.check_memory(p)
+    assert str(err.value).startswith(message), str(err.value)
+    if "GiB" in message:
+        assert str(err.value).endswith("more than this machine's 16 GiB (lower it)")
+
+
+def test_the_default_experiment_fits_and_validation_stays_light():
+    """Validation at every stage start imports no torch._dynamo (the memory check, which
+    does, runs in the train stage and the Snakefile only); the default runs fit in 16 GiB."""
+    code = ("import sys\nfrom pipeline import params as P\nP.load('params.yaml')\n"
+            "print('torch._dynamo' in sys.modules)")
+    assert run(["python", "-c", code], ROOT).stdout.strip() == "False"
+    import os
+    os.environ["GM_MEMORY_GB"] = "16"
+    try:
+        M.check_memory(P.load(ROOT / "params.yaml"))
+    finally:
+        del os.environ["GM_MEMORY_GB"]

@@ -40,7 +40,7 @@ def test_report_and_eval_json_contract(snakemake_run):
     assert ll["kind"] == "exact" and ll["method"] == "exact" and ll["mean"] < 0
     assert ll["mean"] <= -3.4011 + 1e-9        # never above the bars-and-stripes optimum -log 30
     md = (path / "reports/report.md").read_text()
-    assert "bars_stripes: headline table" in md and "| rbm |" in md
+    assert "bars_stripes: log-likelihoods, binary view" in md and "| rbm |" in md
     html = (path / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and "src='figures" not in html
 
@@ -87,15 +87,21 @@ def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def test_dvc_repro_reruns_only_what_a_parameter_touches(project):
+def rbm_and_fvsbn_project(project):
+    """A scratch DVC repository (git + dvc init) running rbm and fvsbn on bars_stripes."""
     p = tiny_params()
     p["models"]["fvsbn"] = {"train": {"epochs": 2, "batch_size": 50}, "model": {}}
     p["runs"].append({"dataset": "bars_stripes", "model": "fvsbn"})
     path = project(p)
     subprocess.run(["git", "init", "-q"], cwd=path, check=True)
     run(["dvc", "init", "-q"], path)
+    return path
+
+
+def test_dvc_repro_reruns_only_what_a_parameter_touches(project):
+    path = rbm_and_fvsbn_project(project)
     first = run(["dvc", "repro"], path, timeout=900).stdout
-    assert len(ran_stages(first)) == 8
+    assert len(ran_stages(first)) == 8 + 5        # and the code fingerprints: 2 models x 2, report
     assert ran_stages(run(["dvc", "repro"], path).stdout) == set()
     metrics = run(["dvc", "metrics", "show", "--json"], path).stdout
     assert "test_log_likelihood" in metrics and "reports/metrics.json" in metrics
@@ -109,12 +115,97 @@ def test_dvc_repro_reruns_only_what_a_parameter_touches(project):
     (path / "params.yaml").write_text(text)
     budget = ran_stages(run(["dvc", "repro"], path, timeout=900).stdout)
     assert budget == {"evaluate@run0-0", "evaluate@run1-0", "report"}, budget
+    # code is an input: one model's file reruns that model; a shared estimator its users
+    edit_source(path, "gm/models/autoregressive/fvsbn.py")
+    assert model_stages(run(["dvc", "repro"], path, timeout=900).stdout) == {
+        "train@run1-0", "evaluate@run1-0", "report"}
+    edit_source(path, "gm/estimators/exact.py")                # used by rbm, not by fvsbn
+    assert model_stages(run(["dvc", "repro"], path, timeout=900).stdout) == {
+        "train@run0-0", "evaluate@run0-0", "report"}
+    import yaml
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))  # reordered
+    assert model_stages(run(["dvc", "repro"], path).stdout) == set()
+
+
+def edit_source(path, file: str) -> None:
+    """Change a source file of the scratch project (a comment: the code's meaning stays)."""
+    with open(path / file, "a") as f:
+        f.write("\n# edited by a test\n")
+
+
+def model_stages(output: str) -> set[str]:
+    """Stages DVC ran, without the code fingerprints (cheap; rerun on any code change)."""
+    return {s for s in ran_stages(output) if not s.startswith("code_")}
 
 
 def snakemake_plan(path) -> set[str]:
     """The rules a dry run would execute ("Nothing to be done" -> empty set)."""
     out = run(["snakemake", "--cores", "1", "-n"], path).stdout
     return set(re.findall(r"^rule (\w+):", out, re.M)) - {"all"}
+
+
+def snakemake_jobs(path) -> set[tuple[str, str]]:
+    """(rule, model wildcard or "") of each job a dry run would execute."""
+    out = run(["snakemake", "--cores", "1", "-n"], path).stdout
+    jobs = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule and rule.group(1) != "all":
+            model = re.search(r"wildcards:.*\bmodel=([\w]+)", block)
+            jobs.add((rule.group(1), model.group(1) if model else ""))
+    return jobs
+
+
+def test_snakemake_reruns_exactly_the_stages_whose_code_changed(project):
+    path = rbm_and_fvsbn_project(project)
+    run(["snakemake", "--cores", "2"], path, timeout=900)
+    assert snakemake_jobs(path) == set()
+    # one state: the run recorded its outputs in dvc.lock, so DVC has nothing to do either
+    assert "up to date" in run(["dvc", "status"], path).stdout
+    assert ran_stages(run(["dvc", "repro"], path).stdout) == set()
+    edit_source(path, "gm/models/autoregressive/fvsbn.py")
+    assert snakemake_jobs(path) == {("code", "fvsbn"), ("train", "fvsbn"), ("evaluate", "fvsbn"),
+                                    ("report", "")}
+    run(["snakemake", "--cores", "2"], path, timeout=900)
+    edit_source(path, "gm/estimators/exact.py")                # used by rbm, not by fvsbn
+    assert snakemake_jobs(path) == {("code", "rbm"), ("train", "rbm"), ("evaluate", "rbm"),
+                                    ("report", "")}
+    edit_source(path, "pipeline/report.py")
+    assert ("code_report", "") in snakemake_jobs(path) and ("train", "rbm") in snakemake_jobs(path)
+    run(["snakemake", "--cores", "2"], path, timeout=900)
+    # results that DVC made with a value since reverted are not taken as up to date
+    text = (path / "params.yaml").read_text()
+    (path / "params.yaml").write_text(text.replace("n_hidden: 8", "n_hidden: 6"))
+    run(["dvc", "repro", "train@run0-0"], path, timeout=900)
+    (path / "params.yaml").write_text(text)
+    dry = run(["snakemake", "--cores", "1", "-n"], path).stdout
+    assert "rbm: train results were made with other settings" in dry
+    out = run(["snakemake", "--cores", "2"], path, timeout=900).stdout + "".join(
+        p.read_text() for p in (path / ".snakemake" / "log").glob("*.log"))
+    assert re.search(r"rule train:\n(.*\n){0,6}.*model=rbm", out), out[-3000:]
+    train = json.loads((path / "results/bars_stripes/rbm/seed0/train.json").read_text())
+    import yaml
+    from pipeline import provenance
+    expected = provenance.digest(provenance.train_params(yaml.safe_load(text), "bars_stripes",
+                                                         "rbm", 0))
+    assert train["fingerprint"]["params"] == expected
+
+
+def test_evaluate_refuses_a_checkpoint_trained_with_other_params(snakemake_run, tmp_path):
+    import shutil
+    path = tmp_path / "copy"
+    shutil.copytree(snakemake_run, path, symlinks=True)
+    text = (path / "params.yaml").read_text()
+    (path / "params.yaml").write_text(text.replace("n_hidden: 8", "n_hidden: 6"))
+    before = (path / "results/bars_stripes/rbm/seed0/eval.json").read_bytes()
+    r = run(["python", "-m", "pipeline.evaluate", "--dataset", "bars_stripes", "--model", "rbm",
+             "--seed", "0"], path, check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "model.pt: trained with other params" in lines[0]
+    assert "models.rbm.model.n_hidden: 8 -> 6" in lines[0] and "rerun its train stage" in lines[0]
+    assert (path / "results/bars_stripes/rbm/seed0/eval.json").read_bytes() == before
 
 
 def test_snakemake_reruns_on_values_not_on_key_order_and_budgets_never_retrain(
@@ -137,3 +228,35 @@ def test_snakemake_reruns_on_values_not_on_key_order_and_budgets_never_retrain(
     params["models"]["rbm"]["model"]["n_hidden"] = 7
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert snakemake_plan(path) == {"train", "evaluate", "report"}
+
+
+def test_sigkill_mid_report_leaves_the_previous_report_whole(snakemake_run, tmp_path):
+    """A kill while the report stage builds leaves reports/ exactly as it was; the rerun
+    writes the same report as an uninterrupted run."""
+    import os
+    import shutil
+    import signal
+    import time
+    path = tmp_path / "copy"
+    shutil.copytree(snakemake_run, path, symlinks=True)
+    run(["python", "-m", "pipeline.report"], path)
+
+    def snapshot():
+        return {p.relative_to(path).as_posix(): p.read_bytes()
+                for p in sorted((path / "reports").rglob("*")) if p.is_file()}
+    before = snapshot()
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.report"], cwd=path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (path / "reports.building" / "results.csv").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert snapshot() == before                       # whole: nothing old lost, nothing new mixed in
+    run(["python", "-m", "pipeline.report"], path)
+    assert not (path / "reports.building").exists() and not (path / "reports.previous").exists()
+    after = snapshot()
+    assert after.keys() == before.keys()
+    for name in ("reports/results.csv", "reports/pairs.csv", "reports/metrics.json"):
+        assert after[name] == before[name], name

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gm.base import KINDS, Extras, LogLikelihood, mean_stderr
-from pipeline import plots, report
+from pipeline import compare, plots, report, tables
 from pipeline.record import (AISConvergence, AISPoint, Bounds, Estimate, EvalRecord,
                              ExtrasRecord, RecordError, Timing, Validation, sample_metrics_from)
 
@@ -123,25 +123,27 @@ def test_report_tables_read_the_typed_fields():
     assert rows.loc["extra_chain_quality", "value"] == 2.0
     assert rows.loc["n_parameters", "value"] == 288.0
 
-    head = report.headline(evals, "bars_stripes").set_index("model")
-    assert head.loc["rbm", "seeds"] == 2 and head.loc["rbm", "kind"] == "estimate"
-    assert head.loc["rbm", "log p(x) [nats]"] == pytest.approx(-6.125)
-    half = 12.706 * np.std([-5.625, -6.625], ddof=1) / math.sqrt(2)   # t-interval, 1 dof
-    assert head.loc["rbm", "95% CI (seeds)"] == pytest.approx(half, rel=1e-12)
-    assert head.loc["rbm", "rank"] == "1 of likelihood (binary)"
-    assert head.loc["gan", "rank"] == "1 of proxy (binary)"     # a proxy is never ranked
-    assert head.loc["rbm", "sandwich [lower, upper]"] == "[-6.375, -5.625]"
-
-    assert len(report.sandwich_table(evals)) == 3
+    rows = {s.model: s for s in tables.summarise(evals, {"rbm": False, "gan": False})}
+    rbm = rows["rbm"]
+    assert rbm.seeds == [0, 1] and rbm.kind == "estimate" and rbm.group == "likelihood"
+    assert rbm.mean == pytest.approx(-6.125)
+    half = 12.7062047 * np.std([-5.625, -6.625], ddof=1) / math.sqrt(2)   # t(0.975, 1 dof)
+    assert rbm.interval() == pytest.approx((-6.125 - half, -6.125 + half), rel=1e-7)
+    assert rows["gan"].group == "proxy" and rows["gan"].interval() is None   # one seed
+    info = tables.DatasetInfo(data_dim=16)
+    table = tables.value_table([rbm], "likelihood", "binary", info, {"rbm": 1})
+    assert table.loc[0, "bits/dim"] == f"{6.125 / (16 * math.log(2)):.3f}"
+    assert table.loc[0, "95% CI across seeds"].startswith("[")
+    assert tables.bracket_table([rbm]).loc[0, "bracket [RAISE, AIS] [nats/image]"] \
+        == "[-6.375, -5.625]"
     val = report.validation_table(evals)
     assert set(val["reference kind"]) == {"estimate", "proxy"} and set(val["kind"]) == {"exact"}
-    assert math.isnan(report.seed_interval(np.array([-1.0]))[1])
 
 
 def test_every_kind_has_a_rank_group_and_a_colour():
-    assert set(report.COMPARABLE) == set(KINDS) == set(plots.KIND_COLORS)
-    assert report.COMPARABLE["exact"] == report.COMPARABLE["estimate"] == "likelihood"
-    assert len({report.COMPARABLE[k] for k in KINDS}) == len(KINDS) - 1
+    assert set(compare.GROUPS) == set(KINDS) == set(plots.KIND_COLORS)
+    assert compare.GROUPS["exact"] == compare.GROUPS["estimate"] == "likelihood"
+    assert len({compare.GROUPS[k] for k in KINDS}) == len(KINDS) - 1
 
 
 def test_the_pipeline_never_probes_models_with_hasattr():

@@ -18,12 +18,16 @@ class DatasetSpec:
 
     ``options`` is the frozen dataclass of prepare's keyword options (e.g. split sizes, from
     params.yaml ``datasets.<name>``), or None if prepare takes none.
+    ``optimum_log_likelihood``: the best expected log p(x) in nats per image that any model
+    can reach (minus the entropy of the data distribution), where it is known (bars_stripes:
+    -log 30), else None; the report shows it as an "optimum" row.
     """
 
     name: str
     fetch: Callable[..., None]
     prepare: Callable[..., object]
     options: type | None = None
+    optimum_log_likelihood: float | None = None
 
     def check_options(self, params: dict | None) -> object | None:
         """Validate prepare options (unknown key, type, range -> ConfigError naming the field)."""
@@ -41,8 +45,9 @@ _loaded = False
 
 
 def register_dataset(name: str, *, fetch: Callable, prepare: Callable,
-                     options: type | None = None) -> None:
-    _DATASETS[name] = DatasetSpec(name, fetch, prepare, options)
+                     options: type | None = None,
+                     optimum_log_likelihood: float | None = None) -> None:
+    _DATASETS[name] = DatasetSpec(name, fetch, prepare, options, optimum_log_likelihood)
 
 
 def _load_all() -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from gm.base import Budget, LogLikelihood
+from gm.errors import ConfigError
 
 # Goodfellow et al.'s code (goodfeli/adversarial, parzen_ll.py): sigma in logspace(-1, 0, 10);
 # extended downwards because 8x8 binary digits are far from their samples in few directions.
@@ -96,22 +97,33 @@ class ParzenProxy:
         called (info sigma_from_validation = 1).  Otherwise (info sigma_from_validation = 0):
         ``budget.parzen_sigma`` if set (a fixed width), else two-fold cross-fitting on x
         (sigma of the even rows chosen on the odd rows and vice versa, so no example's value
-        uses a sigma chosen on itself).
+        uses a sigma chosen on itself), which needs n >= 2.  For n = 1 it raises ConfigError
+        (field parzen_sigma): the only data to choose sigma on would be the example itself
+        (the optimistic fit the cross-fit exists to avoid), and choosing it on held-out model
+        samples instead would score that example by another criterion than every other
+        (the KDE's fit to the model, not the protocol's fit to data), silently mixing two
+        protocols in one table; the error names the honest fixes.
         """
+        fitted, fallback = float(self.parzen_sigma), budget.parzen_sigma
+        cross_fit = math.isnan(fitted) and fallback is None
+        if cross_fit and x.shape[0] < 2:
+            raise ConfigError(
+                "parzen_sigma", f"no Parzen bandwidth was chosen on validation data and "
+                f"{x.shape[0]} example(s) cannot be cross-fitted (sigma would be chosen on the "
+                "example itself)", "set parzen_sigma to a fixed width, or call "
+                "prepare_evaluation with validation data first")
         centers = self.parzen_centers(budget.parzen_samples, generator)
         info = {"parzen_samples": float(centers.shape[0])}
-        fitted, fallback = float(self.parzen_sigma), budget.parzen_sigma
-        if not math.isnan(fitted) or fallback is not None:
+        if not cross_fit:
             sigma = fitted if not math.isnan(fitted) else float(fallback)
             values = parzen_log_likelihood(x, centers, sigma)
             info |= {"sigma": sigma, "sigma_from_validation": float(not math.isnan(fitted))}
         else:
             values = torch.empty(x.shape[0], dtype=torch.float64)
             halves = (torch.arange(0, x.shape[0], 2), torch.arange(1, x.shape[0], 2))
-            for rows, other in (halves, halves[::-1]):
-                fit_on = x[other] if len(other) else x[rows]
-                sigma, _ = select_bandwidth(fit_on, centers)
+            for rows, other, name in ((*halves, "even"), (*halves[::-1], "odd")):
+                sigma, _ = select_bandwidth(x[other], centers)      # never on x[rows] itself
                 values[rows] = parzen_log_likelihood(x[rows], centers, sigma).cpu()
-                info[f"sigma_{'even' if rows is halves[0] else 'odd'}_rows"] = sigma
+                info[f"sigma_{name}_rows"] = sigma
             info["sigma_from_validation"] = 0.0
         return LogLikelihood(values, "parzen", "proxy", info=info)

@@ -1,7 +1,8 @@
 """Reverse AIS (RAISE; Burda, Grosse & Salakhutdinov 2015) and the AIS sandwich of log p(x).
 
 Forward AIS (:mod:`gm.estimators.ais`) gives Z-hat, unbiased for Z, so log Z-hat is a
-stochastic lower bound of log Z and log f(x) - log Z-hat a stochastic UPPER bound of log p(x).
+stochastic lower bound of log Z and log f(x) - log Z-hat a stochastic UPPER bound of log p(x)
+(in expectation: E[log Z-hat] <= log Z by Jensen).
 
 RAISE runs the annealing chain backwards from a test example.  The annealing model
 p_ann(x_K) = sum p_0(x_0) T_1(x_1 | x_0) ... T_K(x_K | x_{K-1}) is a proper generative model
@@ -12,9 +13,16 @@ p_k, the weight
     w = w_start * prod_{k=0}^{K-1} f_k(x_k) / f_{k+1}(x_k) / Z_0
 
 is unbiased for p_ann(x) (Burda et al. 2015, eq. 9), so log mean w is a stochastic LOWER bound of
-log p_ann(x), which approaches log p(x) as the annealing gets longer.  ``w_start`` corrects for
-how the latent part of x_K was drawn: f_K(x_K) / q(h_K | x) for h_K ~ q (= f_K(x), the
-unnormalised marginal, when q is the exact posterior or there is no latent part).
+log p_ann(x), which approaches log p(x) as the annealing gets longer.  It is NOT a bound of
+log p(x): p_ann is another model, and on data far from the model a short annealing, which keeps
+p_ann close to the base distribution, puts log p_ann(x) above log p(x) (tests/test_raise.py:
++4.4 nats with 3 intermediate distributions on the states least likely under a 10-pixel RBM).
+RAISE values are therefore kind "estimate" (gm.base.KINDS): the sandwich is a stochastic
+bracket, not a guaranteed one (:data:`SANDWICH_NOTE`).
+
+``w_start`` corrects for how the latent part of x_K was drawn: f_K(x_K) / q(h_K | x) for
+h_K ~ q (= f_K(x), the unnormalised marginal, when q is the exact posterior or there is no
+latent part).
 
 The reverse chain moves with the reversal T~_k of each forward kernel: the path's optional
 ``reverse_transition(x, beta, generator)`` (e.g. a single-site Gibbs sweep in the opposite
@@ -32,6 +40,16 @@ from torch import Tensor
 from gm.base import LogLikelihood
 from gm.estimators.ais import AISResult, AnnealingPath, ais_step
 from gm.progress import progress
+
+#: What each side of the AIS sandwich bounds, and when (printed by the report beside it).
+SANDWICH_NOTE = (
+    "The AIS sandwich is a stochastic bracket, not a guaranteed one. Upper side: forward AIS, "
+    "log f(x) - log Z-hat, an estimate of log p(x) that is an upper bound in expectation "
+    "(Z-hat is unbiased, so E[log Z-hat] <= log Z by Jensen's inequality). Lower side: RAISE, "
+    "a lower bound in expectation of log p_ann(x), the likelihood of the annealing model, "
+    "which equals log p(x) only as the annealing approaches the model (many intermediate "
+    "distributions); with short annealing on data far from the model it can lie above "
+    "log p(x). Both are labelled estimates.")
 
 # (x repeated per chain (n * m, d), generator) -> (chain start states (n * m, ...), log w_start (n * m,))
 StartFn = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]
@@ -71,7 +89,8 @@ def raise_log_likelihood(path: AnnealingPath, start: StartFn, x: Tensor, n_chain
 
     x: (n, d) test examples; ``start`` completes each of the ``n_chains`` copies of an example
     into a chain state at beta = 1 and returns its log w_start.  A stochastic lower bound of
-    log p_ann(x) (Burda et al. 2015), i.e. a conservative estimate of log p(x).
+    log p_ann(x) (Burda et al. 2015), the annealing model's log-likelihood: an estimate of
+    log p(x) whose bias direction is not guaranteed (module docstring).
     """
     n = x.shape[0]
     x_rep = x.repeat_interleave(n_chains, dim=0)
@@ -86,9 +105,10 @@ def ais_sandwich(log_f_x: Tensor, ais: AISResult, lower: Tensor, *,
     """log p(x) by forward AIS with the RAISE value beside it: a stochastic sandwich.
 
     log_f_x: (n,) exact unnormalised log p*(x); ais: forward-AIS log Z; lower: (n,) RAISE.
-    values = log p*(x) - log Z-hat (method "ais", kind "estimate": consistent, and a stochastic
-    upper bound); bounds = {"lower": RAISE, "upper": the AIS values};
-    info["sandwich_gap"] = mean(upper - lower) in nats.
+    values = log p*(x) - log Z-hat (method "ais", kind "estimate": consistent, and an upper
+    bound of log p(x) in expectation); bounds = {"lower": RAISE, a lower bound in expectation of
+    log p_ann(x), "upper": the AIS values}; info["sandwich_gap"] = mean(upper - lower) in nats.
+    What each side bounds, and when: :data:`SANDWICH_NOTE`.
     """
     upper = log_f_x.double().cpu() - ais.log_z
     lower = lower.double().cpu()
@@ -102,7 +122,8 @@ def ais_sandwich(log_f_x: Tensor, ais: AISResult, lower: Tensor, *,
 
 def sandwich_estimates(sandwich: LogLikelihood) -> dict[str, LogLikelihood]:
     """validation_estimates entries of a sandwich: "ais" (with its bounds) and "raise" alone,
-    labelled a lower bound."""
+    kind "estimate": RAISE bounds log p_ann(x) in expectation, not log p(x)
+    (:data:`SANDWICH_NOTE`)."""
     info = {k: v for k, v in sandwich.info.items() if not k.startswith("log_z")}
     return {"ais": sandwich,
-            "raise": LogLikelihood(sandwich.bounds["lower"], "raise", "lower_bound", info=info)}
+            "raise": LogLikelihood(sandwich.bounds["lower"], "raise", "estimate", info=info)}

@@ -10,8 +10,8 @@ without labels (bars_stripes) get the pixel-space metrics only.
 
 Compare like with like: score samples against ``test`` in the view the model was trained on
 (binary or real), and use the same number of samples for every model and for the reference
-row where possible: FID (biased upwards by ~1/n) and recall depend on the sample size; KID,
-MMD^2 (unbiased) and precision do not in expectation.
+row where possible: FID (biased upwards by ~1/n), recall and coverage depend on the sample
+size; KID, MMD^2 (unbiased), precision and density do not in expectation.
 """
 from __future__ import annotations
 
@@ -57,6 +57,15 @@ METRICS: dict[str, MetricInfo] = {
     "recall": MetricInfo(
         "recall", "features", "higher", "fraction of test data in the k-NN manifold of the "
         "samples (Kynkaanniemi et al. 2019)", (0.0, 1.0)),
+    "density": MetricInfo(
+        "density", "features", None, "real k-NN balls holding each sample, averaged and "
+        "divided by k (Naeem et al. 2020): realism robust to outlying test images; about 1 "
+        "for samples from the data distribution, above 1 when samples crowd its dense "
+        "regions", (0.0, _INF)),
+    "coverage": MetricInfo(
+        "coverage", "features", "higher", "fraction of test images whose k-NN ball holds at "
+        "least one sample (Naeem et al. 2020): diversity robust to outlying samples; about "
+        "1 - 2^-k for samples from the data distribution", (0.0, 1.0)),
     "inception_score": MetricInfo(
         "IS", "features", "higher", "exp E KL(p(y|x) || p(y)) with the dataset's classifier "
         "(Salimans et al. 2016); 1..n_classes", (1.0, _INF)),
@@ -66,6 +75,14 @@ METRICS: dict[str, MetricInfo] = {
     "recall_pixel": MetricInfo(
         "recall (pixels)", "pixels", "higher", "k-NN manifold recall in pixel space",
         (0.0, 1.0)),
+    "density_pixel": MetricInfo(
+        "density (pixels)", "pixels", None, "k-NN density (Naeem et al. 2020) in pixel "
+        "space; on data with few distinct patterns (bars and stripes) every real ball has "
+        "radius 0, so it is the mean number of test copies of a sample's pattern / k, far "
+        "above 1 even for real data", (0.0, _INF)),
+    "coverage_pixel": MetricInfo(
+        "coverage (pixels)", "pixels", "higher", "k-NN coverage (Naeem et al. 2020) in pixel "
+        "space", (0.0, 1.0)),
     "mmd_pixel": MetricInfo(
         "MMD^2 (pixels)", "pixels", "lower", "unbiased MMD^2, Gaussian kernel, bandwidth = "
         "median pairwise distance of the test data (Gretton et al. 2012)"),
@@ -96,8 +113,8 @@ def _entries(intervals: dict[str, Interval], **extra) -> dict[str, dict]:
 
 
 def _feature_metrics(fs, ft, probs, *, k, kid_subsets, boot) -> dict[str, dict]:
-    """FID, KID, precision/recall, IS from sample features fs (n, k), test features ft (m, k)
-    and sample class probabilities (n, n_classes)."""
+    """FID, KID, precision/recall/density/coverage, IS from sample features fs (n, k), test
+    features ft (m, k) and sample class probabilities (n, n_classes)."""
     out = _entries(boot(lambda ws, wt: {"fid": fid(fs, ft, ws, wt)}, [len(fs), len(ft)]))
     kss, ktt, kst = polynomial_kernel(fs, fs), polynomial_kernel(ft, ft), \
         polynomial_kernel(fs, ft)
@@ -112,7 +129,8 @@ def _feature_metrics(fs, ft, probs, *, k, kid_subsets, boot) -> dict[str, dict]:
 
 def _pixel_metrics(xs, xt, xtrain, *, k, bandwidth, precision_recall, copy_tol,
                    boot) -> dict[str, dict]:
-    """MMD^2, memorisation and (optionally) precision/recall in pixel space."""
+    """MMD^2, memorisation and (optionally) precision/recall/density/coverage in pixel
+    space."""
     s = median_bandwidth(xt) if bandwidth is None else float(bandwidth)
     kss, ktt, kst = gaussian_kernel(xs, xs, s), gaussian_kernel(xt, xt, s), \
         gaussian_kernel(xs, xt, s)
@@ -155,11 +173,12 @@ def sample_metrics(samples, test, train, classifier=None, *,
     n_boot, level: bootstrap replicates and interval coverage.
     ci_method: "normal" (value +- z se_boot, default: centred on the value, see
         :mod:`gm.metrics.bootstrap`) or "percentile".
-    k: neighbours of the k-NN manifolds; kid_subsets: disjoint blocks of KID's subset_se.
+    k: neighbours of the k-NN manifolds (precision, recall, density, coverage);
+    kid_subsets: disjoint blocks of KID's subset_se.
     mmd_bandwidth: Gaussian kernel bandwidth of mmd_pixel (default: median pairwise distance
         of ``test``, so every model on one test set shares the kernel).
-    pixel_precision_recall: also compute precision/recall in pixel space (default: only
-        when there is no classifier).
+    pixel_precision_recall: also compute precision/recall/density/coverage in pixel space
+        (default: only when there is no classifier).
     copy_tol: distance at or below which a sample counts as a copy of a training image.
 
     Returns
@@ -167,9 +186,9 @@ def sample_metrics(samples, test, train, classifier=None, *,
     name -> {"value", "ci_low", "ci_high", "se" (bootstrap sd), "level", "n_boot",
     "ci_method", "better" ("lower" | "higher" | None), "space" ("features" | "pixels"), "n_samples",
     "n_reference", plus metric-specific fields: kid: "subset_se", "n_subsets";
-    precision/recall: "k"; mmd_pixel: "kernel", "bandwidth"}.  Names are the keys of
-    :data:`METRICS`, which also holds labels and descriptions for the report.  A metric whose
-    value is undefined is left out (memorization_ratio when no test image is more than
+    precision/recall/density/coverage: "k"; mmd_pixel: "kernel", "bandwidth"}.  Names are
+    the keys of :data:`METRICS`, which also holds labels and descriptions for the report.  A
+    metric whose value is undefined is left out (memorization_ratio when no test image is more than
     copy_tol from the training set).
     """
     if isinstance(generator, int):

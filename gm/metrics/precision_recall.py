@@ -1,11 +1,17 @@
-"""Improved precision and recall of k-NN manifolds (Kynkaanniemi et al. 2019, sec. 2).
+"""k-NN manifold metrics: improved precision and recall (Kynkaanniemi et al. 2019, sec. 2),
+density and coverage (Naeem et al. 2020, "Reliable fidelity and diversity metrics for
+generative models", sec. 3).
 
 Each set's manifold is the union of balls around its points with radius the distance to the
 point's k-th nearest neighbour in the same set.  Precision = fraction of generated points
 inside the real manifold (are samples realistic?); recall = fraction of real points inside
-the generated manifold (is the data covered?).  Exact duplicates within a set are separate
-neighbours at distance 0 (so on data with few distinct patterns, e.g. bars and stripes,
-precision is the fraction of samples that are exactly valid patterns).
+the generated manifold (is the data covered?).  Density and coverage use the real balls
+only, so outlying samples cannot inflate them: density = (1 / kM) sum_j #{real balls that
+hold sample j} (about 1 when samples follow the data distribution, above 1 when they crowd
+its dense regions), coverage = fraction of real balls that hold at least one sample (for
+samples from the data distribution and M = N, about 1 - 2^-k).  Exact duplicates within a
+set are separate neighbours at distance 0 (so on data with few distinct patterns, e.g. bars
+and stripes, precision is the fraction of samples that are exactly valid patterns).
 """
 from __future__ import annotations
 
@@ -62,7 +68,8 @@ def coverage(d_query_ref: Tensor, radii: Tensor) -> Tensor:
 class KNNManifolds:
     """Precomputed distances of generated (n, k) and real (m, k) points, for fast replicates.
 
-    Calling it with multiplicities (n,), (m,) returns {"precision", "recall"}.
+    Calling it with multiplicities (n,), (m,) (bootstrap replicates; default all ones)
+    returns {"precision", "recall", "density", "coverage"}.
     """
 
     def __init__(self, fake: Tensor, real: Tensor, k: int = 3):
@@ -79,13 +86,27 @@ class KNNManifolds:
         n, m = self.d_fr.shape
         w_fake = torch.ones(n, dtype=torch.float64) if w_fake is None else w_fake.double()
         w_real = torch.ones(m, dtype=torch.float64) if w_real is None else w_real.double()
-        in_real = coverage(self.d_fr, knn_radii(self.d_rr, self.k, w_real, self.nb_rr))
+        r_real = knn_radii(self.d_rr, self.k, w_real, self.nb_rr)
+        inside = self.d_fr <= r_real[None, :]          # (n, m): sample i in real ball j
+        in_real = inside.any(dim=1)
         in_fake = coverage(self.d_fr.T, knn_radii(self.d_ff, self.k, w_fake, self.nb_ff))
+        # density and coverage count real balls with their multiplicity (a ball of weight 0,
+        # radius -inf, holds nothing) and samples only where present (weight > 0)
+        held = inside.double() @ w_real                # (n,): real balls holding sample i
+        covered = (inside & (w_fake > 0)[:, None]).any(dim=0)
         return {"precision": float((w_fake * in_real).sum() / w_fake.sum()),
-                "recall": float((w_real * in_fake).sum() / w_real.sum())}
+                "recall": float((w_real * in_fake).sum() / w_real.sum()),
+                "density": float((w_fake @ held) / (self.k * w_fake.sum())),
+                "coverage": float((w_real * covered).sum() / w_real.sum())}
 
 
 def precision_recall(fake: Tensor, real: Tensor, k: int = 3) -> tuple[float, float]:
     """(precision, recall) of generated points (n, d) against real points (m, d)."""
     r = KNNManifolds(fake, real, k)()
     return r["precision"], r["recall"]
+
+
+def density_coverage(fake: Tensor, real: Tensor, k: int = 3) -> tuple[float, float]:
+    """(density, coverage) of generated points (n, d) against real points (m, d)."""
+    r = KNNManifolds(fake, real, k)()
+    return r["density"], r["coverage"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from gm.base import Curve
 from gm.config import ranged
 from gm.models.autoregressive.base import OrderedARConfig, OrderedBernoulliAR, strictly_lower_mask
 from gm.ops import bernoulli
@@ -26,6 +27,7 @@ class FVSBN(OrderedBernoulliAR):
     """W (d, d) masked to its strict lower triangle, b (d,), both in ordered coordinates."""
 
     Config = FVSBNConfig
+    progress = Curve("nll", "training negative log-likelihood", "nats per image")
 
     def __init__(self, data_dim: int, config: FVSBNConfig):
         super().__init__(data_dim, config)

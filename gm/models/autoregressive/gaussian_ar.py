@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from gm.base import Curve
 from gm.config import ranged
 from gm.models.autoregressive.base import (LOG_2PI, ARConfig, AutoregressiveModel,
                                            strictly_lower_mask)
@@ -30,6 +31,7 @@ class GaussianAR(AutoregressiveModel):
     """W (d, d) strictly lower triangular, b (d,), log_sigma (d,)."""
 
     Config = GaussianARConfig
+    progress = Curve("nll", "training negative log density", "nats per image")
     input_kind = "real"
 
     def __init__(self, data_dim: int, config: GaussianARConfig):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, LogLikelihood
+from gm.base import Budget, Curve, LogLikelihood
 from gm.config import ranged, require
 from gm.errors import ConfigError
 from gm.models.autoregressive.base import ARConfig, AutoregressiveModel, sample_in_order
@@ -56,6 +56,8 @@ class MADE(AutoregressiveModel):
     """Masked MLP d -> hidden_sizes -> d (ReLU); degrees of every mask kept in buffers."""
 
     Config = MADEConfig
+    progress = Curve("nll", "training negative log-likelihood (one mask per step)",
+                     "nats per image")
     input_kind = "binary"
 
     def __init__(self, data_dim: int, config: MADEConfig):

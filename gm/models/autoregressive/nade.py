@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from gm.base import Curve
 from gm.config import ranged
 from gm.models.autoregressive.base import OrderedARConfig, OrderedBernoulliAR
 from gm.ops import bernoulli
@@ -31,6 +32,7 @@ class NADE(OrderedBernoulliAR):
     """W (H, d) shared input weights, c (H,), V (d, H) output weights, b (d,)."""
 
     Config = NADEConfig
+    progress = Curve("nll", "training negative log-likelihood", "nats per image")
 
     def __init__(self, data_dim: int, config: NADEConfig):
         super().__init__(data_dim, config)

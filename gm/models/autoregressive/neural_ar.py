@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from gm.base import Curve
 from gm.config import ranged
 from gm.models.autoregressive.base import OrderedARConfig, OrderedBernoulliAR, strictly_lower_mask
 from gm.ops import bernoulli
@@ -35,6 +36,7 @@ class NeuralAR(OrderedBernoulliAR):
     """A ((d-1)H, d) and U (d, (d-1)H) masked by group, c ((d-1)H,), D (d, d), b (d,)."""
 
     Config = NeuralARConfig
+    progress = Curve("nll", "training negative log-likelihood", "nats per image")
 
     def __init__(self, data_dim: int, config: NeuralARConfig):
         super().__init__(data_dim, config)

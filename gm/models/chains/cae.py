@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, EitherView, Extras, GenerativeModel, check_data_view
+from gm.base import Budget, Curve, EitherView, Extras, GenerativeModel, check_data_view
 from gm.config import Checked, ranged
 from gm.models.chains.base import ChainSampler, chain_extras, check_finite
 from gm.registry import register
@@ -43,6 +43,7 @@ class CAE(EitherView, ChainSampler, GenerativeModel):
     """W (n_hidden, d) shared by encoder and decoder, b (n_hidden,), c (d,)."""
 
     Config = CAEConfig
+    progress = Curve("loss", "training loss: reconstruction cross-entropy + contraction penalty")
 
     def __init__(self, data_dim: int, config: CAEConfig):
         super().__init__(data_dim, config)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, Extras, GenerativeModel
+from gm.base import Budget, Curve, Extras, GenerativeModel
 from gm.config import Checked, ranged
 from gm.models.chains.base import (ChainSampler, chain_extras, check_finite, inpainting_extras,
                                    salt_and_pepper)
@@ -41,6 +41,8 @@ class DAE(ChainSampler, GenerativeModel):
     """One hidden layer: h = tanh(W1 x~ + b1), logits of P(x | h) = W2 h + b2."""
 
     Config = DAEConfig
+    progress = Curve("loss", "denoising reconstruction cross-entropy (mean over walkback steps)",
+                     "nats per image")
     input_kind = "binary"
 
     def __init__(self, data_dim: int, config: DAEConfig):

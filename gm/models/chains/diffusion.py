@@ -8,8 +8,12 @@ gives alphabar_t = 1 - t / T, so x_T is exactly uniform and the prior term of th
 
 Reverse model p(x_{t-1} | x_t): a network predicts x0-probabilities p^(x_0 | x_t, t) and
 p(x_{t-1} = b | x_t) is proportional to q(x_t | x_{t-1} = b) q(x_{t-1} = b | x_0 = p^), the
-posterior with x_0 replaced by its prediction (Hoogeboom et al. 2021, eq. 9).  Every
-distribution is discrete, so the variational bound
+posterior with x_0 replaced by its prediction (Hoogeboom et al. 2021, eq. 9), kept in
+[P_FLOOR, 1 - P_FLOOR] so that every transition has a probability whose log is finite.  That
+floored probability (:meth:`Diffusion.p_prev`) IS the model: the sampler draws from it and the
+bound scores it, so the bound is a lower bound of the log-likelihood of the model that is
+sampled (tests/test_diffusion.py checks it against the exact value, including a confident and
+wrong prediction).  Every distribution is discrete, so the variational bound
 
   log p(x_0) >= E_q[ log p(x_0 | x_1) - sum_{t=2}^T KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) ]
 
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gm.base import Budget, Extras, GenerativeModel, LogLikelihood
+from gm.base import Budget, Curve, Extras, GenerativeModel, LogLikelihood
 from gm.config import Checked, ranged
 from gm.models.chains.base import check_finite
 from gm.ops import bernoulli
@@ -38,11 +42,22 @@ class DiffusionConfig(Checked):
     lr: float = ranged(2e-3, gt=0)       # Adam
 
 
+# The reverse model's probabilities are kept in [P_FLOOR, 1 - P_FLOOR] (in float32, 1 - 2^-23),
+# by the one function that both the sampler and the bound use (Diffusion.p_prev).
+P_FLOOR = 1e-7
+
+
+def _log_or_zero(p: Tensor) -> Tensor:
+    """log p where p > 0, else 0 (the value of 0 log 0 terms once multiplied by p = 0)."""
+    return torch.where(p > 0, p, torch.ones_like(p)).log()
+
+
 def _bernoulli_kl(q: Tensor, p: Tensor) -> Tensor:
-    """KL(Bern(q) || Bern(p)) summed over the last dimension, (n,)."""
-    eps = 1e-12
-    return (q * ((q + eps).log() - (p + eps).log())
-            + (1 - q) * ((1 - q + eps).log() - (1 - p + eps).log())).sum(-1)
+    """KL(Bern(q) || Bern(p)) summed over the last dimension, (n,), with 0 log 0 = 0; p must
+    lie in (0, 1).  No smoothing of p: an epsilon inside the logs would shrink the divergence
+    and raise the bound above the model's."""
+    return (q * (_log_or_zero(q) - p.log())
+            + (1 - q) * (_log_or_zero(1 - q) - (1 - p).log())).sum(-1)
 
 
 @register("diffusion")
@@ -50,6 +65,8 @@ class Diffusion(GenerativeModel):
     """x0-predictor: MLP of (x_t, embedding of t) to d logits."""
 
     Config = DiffusionConfig
+    progress = Curve("neg_bound", "negative variational bound (one-timestep estimate)",
+                     "nats per image")
     input_kind = "binary"
 
     def __init__(self, data_dim: int, config: DiffusionConfig):
@@ -96,16 +113,20 @@ class Diffusion(GenerativeModel):
         return torch.sigmoid(self.body(self.inp(2 * xt - 1) + self.time(t)))
 
     def p_prev(self, xt: Tensor, t: Tensor) -> Tensor:
-        """p(x_{t-1} = 1 | x_t), (n, d), for t (n,) in 1..T."""
-        return self.posterior(xt, self.x0_probs(xt, t), t)
+        """p(x_{t-1} = 1 | x_t), (n, d), for t (n,) in 1..T, in [P_FLOOR, 1 - P_FLOOR]: the
+        reverse model, used alike by the sampler (:meth:`trajectory`) and the bound."""
+        return self.posterior(xt, self.x0_probs(xt, t), t).clamp(P_FLOOR, 1 - P_FLOOR)
 
     def bound_term(self, x0: Tensor, t: Tensor, generator: torch.Generator) -> Tensor:
-        """One-sample estimate of the t-th term of minus the bound, (n,), t (n,) in 1..T.
+        """One-sample estimate of the t-th term of minus the bound, (n,), t (n,) in 1..T:
+        x_t ~ q(x_t | x_0), then :meth:`term_given`."""
+        return self.term_given(x0, bernoulli(self.q_xt_given_x0(x0, t), generator), t)
 
-        t = 1: -log p(x_0 | x_1); t >= 2: KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)).
-        """
-        xt = bernoulli(self.q_xt_given_x0(x0, t), generator)
-        p = self.p_prev(xt, t).clamp(1e-7, 1 - 1e-7)
+    def term_given(self, x0: Tensor, xt: Tensor, t: Tensor) -> Tensor:
+        """The t-th term of minus the bound given x_t (n, d), (n,), t (n,) in 1..T:
+        t = 1: -log p(x_0 | x_1); t >= 2: KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)),
+        with p = :meth:`p_prev`, the probabilities the sampler draws from."""
+        p = self.p_prev(xt, t)
         q = self.posterior(xt, x0, t)
         nll = -(x0 * p.log() + (1 - x0) * (1 - p).log()).sum(1)
         return torch.where(t == 1, nll, _bernoulli_kl(q, p))

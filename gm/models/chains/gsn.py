@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, EitherView, Extras, GenerativeModel, check_data_view
+from gm.base import Budget, Curve, EitherView, Extras, GenerativeModel, check_data_view
 from gm.config import Checked, ranged, require
 from gm.models.chains.base import (ChainSampler, chain_extras, check_finite, inpainting_extras,
                                    salt_and_pepper)
@@ -59,6 +59,8 @@ class GSN(EitherView, ChainSampler, GenerativeModel):
     """Layer sizes (d, *hidden); weights[l] (sizes[l+1], sizes[l]), biases[l] (sizes[l],)."""
 
     Config = GSNConfig
+    progress = Curve("loss", "walkback reconstruction cross-entropy (sum over steps)",
+                     "nats per image")
 
     def __init__(self, data_dim: int, config: GSNConfig):
         super().__init__(data_dim, config)

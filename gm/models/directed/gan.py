@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gm.base import Curve
 from gm.config import ranged
 from gm.models.directed.base import ImplicitConfig, ImplicitGenerator
 from gm.nets import mlp
@@ -35,6 +36,9 @@ class GAN(ImplicitGenerator):
     """GAN with MLP players: ``gen`` (latent -> d logits), ``disc`` (d -> 1 logit)."""
 
     Config = GANConfig
+    progress = Curve("loss_d",
+                     "discriminator loss (log 4 = 1.39 at equilibrium; not sample quality)",
+                     "nats", True)
 
     def __init__(self, data_dim: int, config: GANConfig):
         super().__init__(data_dim, config)

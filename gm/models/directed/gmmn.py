@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gm.base import Curve
 from gm.config import ranged, require
 from gm.models.directed.base import ImplicitConfig, ImplicitGenerator
 from gm.nets import mlp
@@ -57,6 +58,7 @@ class GMMN(ImplicitGenerator):
     """GMMN in data space, or on an autoencoder's code (GMMN+AE)."""
 
     Config = GMMNConfig
+    progress = Curve("mmd", "MMD of a generated batch to a data batch (training loss)")
 
     def __init__(self, data_dim: int, config: GMMNConfig):
         super().__init__(data_dim, config)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, GenerativeModel, LogLikelihood
+from gm.base import Budget, Curve, GenerativeModel, LogLikelihood
 from gm.config import Checked, ranged, require
 from gm.errors import ConfigError
 from gm.estimators.exact import binary_states
@@ -53,6 +53,7 @@ class SBN(GenerativeModel):
     reverse; ``prior_logits`` (hidden[-1],) is the top layer's factorial prior."""
 
     Config = SBNConfig
+    progress = Curve("elbo", "training ELBO", "nats per image", True)
     input_kind = "binary"
 
     def __init__(self, data_dim: int, config: SBNConfig):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, GenerativeModel, LogLikelihood
+from gm.base import Budget, Curve, GenerativeModel, LogLikelihood
 from gm.config import Checked, ranged
 from gm.estimators.decoder_ais import decoder_ais_estimate
 from gm.estimators.importance import importance_log_likelihood, iwae_bound
@@ -55,6 +55,7 @@ class VAE(GenerativeModel):
     """VAE with a Bernoulli decoder; encoder and decoder are MLPs of widths ``hidden``."""
 
     Config = VAEConfig
+    progress = Curve("bound", "training ELBO (IWAE bound when iwae_k > 1)", "nats per image", True)
     input_kind = "binary"
 
     def __init__(self, data_dim: int, config: VAEConfig):

@@ -10,10 +10,12 @@ A Boltzmann machine defines p(x) = f(x) / Z with an unnormalised f(x) = sum_h ex
 - the optimiser: SGD with momentum and L2 weight decay (Hinton 2010), and the pieces of a
   CD / PCD update (Hinton 2002; Tieleman 2008);
 - the likelihood strategy: log p(x) = log f(x) - log Z, exact when log Z can be enumerated within
-  ``budget.exact_max_bits``, else log Z by forward AIS (an estimate, in expectation a stochastic
-  upper bound of log p(x)) with RAISE (Burda et al. 2015) as the stochastic lower side of a
-  sandwich when ``budget.raise_chains > 0``; and the validation estimates run beside an exact
-  value.
+  ``budget.exact_max_bits``, else log Z by forward AIS (an estimate, in expectation an upper
+  bound of log p(x)) with RAISE (Burda et al. 2015) as the lower side of a stochastic sandwich
+  when ``budget.raise_chains > 0`` (a lower bound in expectation of the annealing model's
+  log p_ann(x), not of log p(x): :data:`gm.estimators.raise_ais.SANDWICH_NOTE`); and the
+  validation estimates run beside an exact value.  Every value resting on an AIS log Z or on
+  RAISE is kind "estimate"; "lower_bound" only when log Z is exact.
 
 A model provides only its math:
 
@@ -188,8 +190,10 @@ class EnergyModel(GenerativeModel):
 
     @torch.no_grad()
     def raise_log_px(self, x: Tensor, budget: Budget, generator: torch.Generator) -> Tensor:
-        """RAISE per example, (n,): a stochastic lower bound of log p_ann(x) (Burda et al. 2015),
-        budget.raise_chains reverse chains per example started by :meth:`raise_start`."""
+        """RAISE per example, (n,): a stochastic lower bound of log p_ann(x), the annealing
+        model's log-likelihood (Burda et al. 2015), so an estimate of log p(x) (it can exceed
+        it when the annealing is short), budget.raise_chains reverse chains per example started
+        by :meth:`raise_start`."""
         path = self.annealing_path()
         betas = beta_schedule(budget.ais_betas, budget.ais_schedule)
         return raise_log_likelihood(path, self.raise_start(path), x, budget.raise_chains, betas,
@@ -200,10 +204,13 @@ class EnergyModel(GenerativeModel):
                            generator: torch.Generator) -> LogLikelihood:
         """log p(x) with log Z from forward AIS.
 
-        log f(x) - log Z-hat: method "ais", kind "estimate" (consistent; in expectation a
-        stochastic upper bound since Z-hat is unbiased), with bounds {"lower": RAISE,
-        "upper": AIS} when budget.raise_chains > 0.  When log f(x) is beyond the budget: the
-        model's variational bound minus log Z-hat (kind "lower_bound"), RAISE as bounds["lower"].
+        log f(x) - log Z-hat: method "ais", kind "estimate" (consistent; in expectation an
+        upper bound since Z-hat is unbiased), with bounds {"lower": RAISE, "upper": AIS} when
+        budget.raise_chains > 0 (:data:`~gm.estimators.raise_ais.SANDWICH_NOTE`).  When log f(x)
+        is beyond the budget: the model's variational bound of log f(x) minus log Z-hat, method
+        "<bound>+ais", kind "estimate": a lower bound only if log Z were exact, and log Z-hat is
+        biased low, so the value is biased high and can exceed log p(x) (tests/test_dbm.py);
+        RAISE as bounds["lower"].
         """
         res = self.log_z_ais(budget, generator)
         lower = self.raise_log_px(x, budget, generator) if budget.raise_chains else None
@@ -223,7 +230,7 @@ class EnergyModel(GenerativeModel):
         if bound is None:
             raise ConfigError("exact_max_bits", f"{self.name}: log f(x) needs more states than "
                               f"2**{budget.exact_max_bits}", "raise exact_max_bits")
-        return LogLikelihood(bound, f"{self.variational_bound}+ais", "lower_bound",
+        return LogLikelihood(bound, f"{self.variational_bound}+ais", "estimate",
                              shared_stderr=res.stderr,
                              bounds={} if lower is None else {"lower": lower},
                              info={**info, **log_z_info})
@@ -242,8 +249,9 @@ class EnergyModel(GenerativeModel):
     @torch.no_grad()
     def validation_estimates(self, x, *, generator, budget):
         """Beside an exact log p(x): the AIS estimate (with its RAISE/AIS sandwich in
-        ``bounds``), RAISE alone as a lower bound, and the variational bound with the exact
-        log Z (a true lower bound)."""
+        ``bounds``), RAISE alone (kind "estimate": it bounds log p_ann(x), not log p(x)), and
+        the variational bound with the exact log Z (kind "lower_bound": every ingredient exact
+        or a bound)."""
         log_z = self.exact_log_z(budget)
         if log_z is None:
             return {}

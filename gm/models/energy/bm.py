@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget
+from gm.base import Budget, Curve
 from gm.config import ranged
 from gm.estimators.exact import binary_states, enumerate_log_z
 from gm.models.energy.base import BaseRatePath, EnergyModel, SGDConfig
@@ -65,6 +65,7 @@ class BoltzmannMachine(EnergyModel):
     """Fully visible BM: U (d, d) symmetric with zero diagonal, b (d,)."""
 
     Config = BMConfig
+    progress = Curve("stat_gap", "largest |data - model| pair statistic (no tractable objective)")
 
     def __init__(self, data_dim: int, config: BMConfig):
         super().__init__(data_dim, config)

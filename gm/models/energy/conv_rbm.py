@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, Extras
+from gm.base import Budget, Curve, Extras
 from gm.config import ranged, require
 from gm.errors import ConfigError
 from gm.estimators.exact import enumerate_log_z
@@ -81,6 +81,8 @@ class ConvRBM(EnergyModel):
     or (1, 1).  Data are flat images (n, H * W)."""
 
     Config = ConvRBMConfig
+    progress = Curve("recon_error", "reconstruction error (CD has no tractable objective)",
+                     "squared error per image")
 
     def __init__(self, data_dim: int, config: ConvRBMConfig):
         super().__init__(data_dim, config)

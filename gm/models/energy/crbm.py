@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, Extras, LogLikelihood
+from gm.base import Budget, Curve, Extras, LogLikelihood
 from gm.config import ranged
 from gm.errors import DataError
 from gm.estimators.ais import ais_log_z, beta_schedule, log_mean_exp_stderr
@@ -53,6 +53,8 @@ class CRBM(EnergyModel):
     A (N d, d) and history-to-hidden weights B (N d, n_hidden)."""
 
     Config = CRBMConfig
+    progress = Curve("recon_error", "reconstruction error (CD has no tractable objective)",
+                     "squared error per frame")
     input_kind = "sequence"
 
     def __init__(self, data_dim: int, config: CRBMConfig):

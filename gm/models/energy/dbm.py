@@ -15,11 +15,13 @@ training at 0.05 made the test log-likelihood swing between -6 and -9 nats, or f
 Likelihood: h1 is summed out analytically, so f(v, h2) = exp(b'v + c2'h2 + sum_j
 softplus(c1_j + v'W1_j + W2_j h2)).  f(v) is exact by enumerating the smaller hidden layer
 when it is small (the other sums out), and so is log Z when h1 is small.  Otherwise log Z comes
-from forward AIS over (v, h2) (Salakhutdinov & Hinton 2009, sec. 4) with a RAISE lower bound
-(Burda et al. 2015) started from q(h2 | v), and the mean-field variational lower bound
-log p(v) >= E_q[-E(v, h)] + H(q) - log Z is reported too (the strategy is
-:class:`~gm.models.energy.base.EnergyModel`'s; the DBM gives log f(v), its mean-field bound
-of log f(v), log Z, the annealing path and RAISE's start).
+from forward AIS over (v, h2) (Salakhutdinov & Hinton 2009, sec. 4) with RAISE (Burda et al.
+2015) started from q(h2 | v) as the lower side of a stochastic sandwich, and the mean-field
+variational bound log p(v) >= E_q[-E(v, h)] + H(q) - log Z is reported too: a lower bound with
+the exact log Z ("mean_field", kind "lower_bound"), an estimate with AIS's ("mean_field+ais",
+kind "estimate": log Z-hat is biased low, so the value is biased high and can exceed log p(v)).
+The strategy is :class:`~gm.models.energy.base.EnergyModel`'s; the DBM gives log f(v), its
+mean-field bound of log f(v), log Z, the annealing path and RAISE's start.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget
+from gm.base import Budget, Curve
 from gm.config import ranged
 from gm.estimators.exact import binary_states, enumerate_log_z
 from gm.models.energy.base import BaseRatePath, EnergyModel, SGDConfig
@@ -64,6 +66,8 @@ class DBM(EnergyModel):
     """W1 (d, n1), W2 (n1, n2), biases b (d,), c1 (n1,), c2 (n2,)."""
 
     Config = DBMConfig
+    progress = Curve("recon_error", "reconstruction error (pretraining layers, then mean field)",
+                     "squared error per image")
     variational_bound = "mean_field"
 
     def __init__(self, data_dim: int, config: DBMConfig):

@@ -9,8 +9,10 @@ log p(v) is bounded below with the up-pass Q(h | v) = prod_l Q(h_l | h_{l-1}) as
 (Salakhutdinov & Murray 2008, sec. 5), in its importance-weighted form
 log (1/k) sum_i p(v, h^i) / Q(h^i | v) (Burda et al. 2016), which is >= the variational bound in
 expectation and tends to log p(v) as k grows; log Z of the top RBM is exact when it is small
-enough, else AIS (then the bound holds only up to the AIS error): the top RBM's own
-``exact_log_z`` and ``log_z_ais`` (:class:`~gm.models.energy.base.EnergyModel`).  The DBN is
+enough ("iw_bound+exact_logz", kind "lower_bound"), else AIS ("iw_bound+ais_logz", kind
+"estimate": log Z-hat is biased low, so the value is biased high and can lie above log p(v),
+tests/test_dbn.py): the top RBM's own ``exact_log_z`` and ``log_z_ais``
+(:class:`~gm.models.energy.base.EnergyModel`).  The DBN is
 not itself an energy model (its lower layers are directed), so it has no single annealing path.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget, GenerativeModel, LogLikelihood
+from gm.base import Budget, Curve, GenerativeModel, LogLikelihood
 from gm.config import ranged, require
 from gm.estimators.importance import importance_log_likelihood
 from gm.models.energy.base import CDConfig
@@ -61,6 +63,8 @@ class DBN(GenerativeModel):
     """Layers: RBMs of sizes (d, h_1), (h_1, h_2), ...; the last one is the top RBM."""
 
     Config = DBNConfig
+    progress = Curve("recon_error", "reconstruction error of the layer in training (greedy)",
+                     "squared error per input")
 
     def __init__(self, data_dim: int, config: DBNConfig):
         super().__init__(data_dim, config)
@@ -116,6 +120,9 @@ class DBN(GenerativeModel):
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
                        budget: Budget) -> LogLikelihood:
+        """The k-sample importance-weighted bound (k = budget.importance_samples) with the top
+        RBM's log Z: kind "lower_bound" when log Z is exact, "estimate" when it is an AIS
+        estimate (biased low, so the value is biased high)."""
         top = self.layers[-1]
         log_z, se, z_method = top.exact_log_z(budget), 0.0, "exact"
         if log_z is None:
@@ -124,7 +131,8 @@ class DBN(GenerativeModel):
         k = budget.importance_samples
         values = importance_log_likelihood(
             x, lambda v, m: self.log_weights(v, m, log_z, generator), k)
-        return LogLikelihood(values, f"iw_bound+{z_method}_logz", "lower_bound",
+        return LogLikelihood(values, f"iw_bound+{z_method}_logz",
+                             "lower_bound" if z_method == "exact" else "estimate",
                              shared_stderr=se,
                              info={"log_z_top": log_z, "log_z_top_stderr": se,
                                    "importance_samples": k})

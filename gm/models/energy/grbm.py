@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget
+from gm.base import Budget, Curve
 from gm.config import ranged
 from gm.estimators.exact import enumerate_log_z
 from gm.models.energy.base import EnergyModel
@@ -65,6 +65,8 @@ class GaussianRBM(EnergyModel):
     the standardised space v = (x - shift) / scale (fixed buffers, (n_visible,))."""
 
     Config = GRBMConfig
+    progress = Curve("recon_error", "reconstruction error (CD has no tractable objective)",
+                     "squared error per image")
     input_kind = "real"
 
     def __init__(self, data_dim: int, config: GRBMConfig):

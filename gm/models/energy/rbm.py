@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gm.base import Budget
+from gm.base import Budget, Curve
 from gm.config import ranged
 from gm.estimators.exact import enumerate_log_z
 from gm.models.energy.base import BaseRatePath, CDConfig, EnergyModel
@@ -33,6 +33,8 @@ class RBM(EnergyModel):
     """Binary RBM: W (n_visible, n_hidden), b (n_visible,), c (n_hidden,)."""
 
     Config = RBMConfig
+    progress = Curve("recon_error", "reconstruction error (CD has no tractable objective)",
+                     "squared error per image")
 
     def __init__(self, data_dim: int, config: RBMConfig):
         super().__init__(data_dim, config)

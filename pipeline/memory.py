@@ -1,0 +1,168 @@
+"""Memory a model needs to train, estimated before any work starts and without allocating it.
+
+The model is built on PyTorch's meta device (tensors with shapes and dtypes, no storage), its
+parameters counted with their gradients and two Adam moments, and the sum compared with the
+machine's memory.  The train stage (``run_stage(..., memory=True)``) and the Snakefile
+(:func:`pipeline.params.check_config`) call :func:`check_memory`; a model too large raises a
+ConfigError naming the size field, the estimate and the machine's memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import threading
+from pathlib import Path
+
+from gm.config import make_config
+from gm.errors import ConfigError
+from gm.registry import model_class
+from pipeline.params import train_settings
+
+TRAINING_COPIES = 4   # a parameter, its gradient and two Adam moments (the largest optimiser state)
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the physical RAM (os.sysconf), or its cgroup's
+    limit when lower (a container, a SLURM job); ``GM_MEMORY_GB`` overrides both (e.g. when
+    Snakemake runs on a login node smaller than the nodes that train)."""
+    if os.environ.get("GM_MEMORY_GB"):
+        return int(float(os.environ["GM_MEMORY_GB"]) * 2 ** 30)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = Path(f).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total
+
+
+BUILD_SECONDS = 5.0  # a model that takes longer to build on the meta device is absurdly large
+
+
+class _TooSlow(BaseException):
+    """Raised by the timer inside a meta build (BaseException: model code cannot swallow it)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise _TooSlow in the block after ``seconds`` (SIGALRM; only in the main thread and
+    when no other timer is running, else no limit)."""
+    usable = (os.name == "posix" and threading.current_thread() is threading.main_thread()
+              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+    if not usable:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _TooSlow
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def memory_estimate(registered: str, data_dim: int, hparams: dict) -> tuple[int, int] | None:
+    """(bytes, parameters) that training model ``registered`` needs at least, found without
+    allocating it: the model is built on the meta device and its parameters counted x
+    TRAINING_COPIES (value, gradient, two Adam moments), plus its buffers; activations are not
+    counted.  None when it cannot be built there (a config that does not fit ``data_dim``,
+    or a model that reads values while it builds, e.g. MADE's masks).  Raises _TooSlow when
+    the build takes over BUILD_SECONDS (e.g. a million layers: Python objects, not tensors)."""
+    import torch
+    cls = model_class(registered)   # imports every model module outside the meta context, so
+    try:                            # no module-level tensor is created on the meta device
+        config = make_config(cls.Config, hparams)
+        with _time_limit(BUILD_SECONDS), torch.device("meta"):
+            model = cls(data_dim, config)
+    except Exception:  # noqa: BLE001 - any failure means: cannot estimate here
+        return None
+    params_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
+    buffers_bytes = sum(t.numel() * t.element_size() for t in model.buffers())
+    n = sum(t.numel() for t in model.parameters())
+    return TRAINING_COPIES * params_bytes + buffers_bytes, n
+
+
+def _warm_up_meta() -> None:
+    """Import what torch's meta kernels import on first use (torch._dynamo, ~1.5 s), so that
+    it does not count against a model's BUILD_SECONDS."""
+    import torch
+    with torch.device("meta"):
+        torch.randn(1).normal_()
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.3g} GiB"
+
+
+def _size_field(registered: str, data_dim: int, block: dict) -> str | None:
+    """The integer field of a model block whose reset to its default shrinks the memory
+    estimate most (the size that makes it absurd); failing that, the one furthest above its
+    default; None when the block sets no integer above its default."""
+    def largest(v):  # an integer size, or the largest of a list of them (layer widths)
+        items = v if isinstance(v, (list, tuple)) else [v]
+        ints = [x for x in items if isinstance(x, int) and not isinstance(x, bool)]
+        return max(ints) if ints and len(ints) == len(items) else None
+
+    defaults = {f.name: f.default for f in dataclasses.fields(model_class(registered).Config)}
+    sizes = {k: (largest(v), largest(defaults[k])) for k, v in block.items()
+             if k in defaults and largest(v) is not None and largest(defaults[k]) is not None
+             and largest(v) > largest(defaults[k])}
+    best = None
+    for key in sizes:
+        default = defaults[key]
+        try:
+            trial = memory_estimate(registered, data_dim, block | {
+                key: list(default) if isinstance(default, tuple) else default})
+        except _TooSlow:
+            continue
+        if trial is not None and (best is None or trial[0] < best[0]):
+            best = (trial[0], key)
+    if best is not None:
+        return best[1]
+    return max(sizes, key=lambda k: sizes[k][0] / max(sizes[k][1], 1), default=None)
+
+
+def check_memory(params: dict, pairs: list[tuple[str, str]] | None = None) -> None:
+    """Refuse, before any work starts, a run whose model needs more memory than this machine
+    has (:func:`memory_estimate` vs :func:`machine_memory`), or is too large to even build
+    (over BUILD_SECONDS on the meta device); ``pairs``: the (dataset, run name)s to check
+    (default: every run).  The data dimension is read from the prepared dataset's array
+    header; before prepare it is taken as 1, so the estimate is a lower bound.
+
+    The first call in a process costs 1-1.5 s (torch's meta kernels import
+    torch._dynamo; the train stage imports it anyway for its optimisers), then milliseconds
+    per model; the evaluate stage does not call this."""
+    from gm.data.splits import data_dim_of
+    from pipeline import common  # here: common imports this module
+    if pairs is None:
+        pairs = list(dict.fromkeys((r["dataset"], r["model"]) for r in params["runs"]))
+    limit = machine_memory()
+    _warm_up_meta()
+    for ds, name in pairs:
+        settings = train_settings(params, name)
+        registered, block = settings["base"], settings["model"]
+        dim = data_dim_of(common.processed_path(ds))
+        try:
+            estimate, problem = memory_estimate(registered, dim or 1, block), None
+        except _TooSlow:
+            estimate, problem = None, (f"is absurdly large: building the model alone (without "
+                                       f"its tensors) takes over {BUILD_SECONDS:g} s")
+        if estimate is not None and estimate[0] > limit:
+            need, n = estimate
+            problem = (f"needs {'' if dim else 'at least '}{_gib(need)} of memory to train on "
+                       f"{ds} ({n:.3g} parameters, each with its gradient and two Adam "
+                       f"moments), more than this machine's {_gib(limit)}")
+        if problem is None:
+            continue
+        key = _size_field(registered, dim or 1, block)
+        if key is None:
+            raise ConfigError(f"models.{name}.model", problem, "use smaller sizes")
+        raise ConfigError(f"models.{name}.model.{key}", f"{block[key]} {problem}", "lower it")
