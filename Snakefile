@@ -4,13 +4,15 @@ import os
 import sys
 from pathlib import Path
 from pipeline import code, provenance
-from pipeline.params import canonical, check_config, evaluate_settings, registered_model, runs, train_settings
+from pipeline.params import (canonical, check_config, evaluate_settings, registered_model, runs,
+                             stage_resources, train_settings)
 
 configfile: "params.yaml"
 check_config(config, ["params.yaml", *workflow.overwrite_configfiles],
              memory=workflow.is_main_process)  # one line naming file and field, before anything runs
 # every stage reads the parameters Snakemake merged: params.yaml, then each --configfile in order
 os.environ["GM_PARAMS"] = os.pathsep.join(["params.yaml", *map(str, workflow.overwrite_configfiles)])
+os.environ["GM_MEMORY_CHECKED"] = "1"  # check_config estimated every run's memory: stages skip it
 
 RUNS = runs(config)
 DATASETS = sorted({d for d, _, _ in RUNS})
@@ -27,7 +29,6 @@ if workflow.is_main_process:
         else:
             provenance.request_rerun(Path(f"results/code/{name}.{stage}.json"),
                                      f"{stage} results were made with other settings")
-GPUS = 1 if str(config.get("device", "auto")).startswith("cuda") else 0  # SLURM --gpus only for CUDA
 
 
 onsuccess:  # one state for both runners: record in dvc.lock what this run of params.yaml made
@@ -48,6 +49,12 @@ def train_params(w):
 
 def evaluate_params(w):
     return canonical(evaluate_settings(config, w.model))
+
+
+def slurm(stage, field):
+    """A job's SLURM request (runtime minutes, mem_mb, gpus) from params resources:, per model
+    (pipeline/params.py stage_resources); a scheduling hint, so no rerun trigger holds it."""
+    return lambda w: stage_resources(config, w.model, stage)[field]
 
 
 def code_files(w):
@@ -100,7 +107,7 @@ rule prepare:
 rule classifier:
     input: "data/processed/{dataset}.npz", "pipeline/classifier.py"
     output: "results/{dataset}/classifier.pt", "results/{dataset}/reference.json"
-    params: seed=config["seed"]
+    params: seed=config["seed"], reference={k: config["evaluate"].get(k) for k in ("n_bootstrap", "metric_images")}
     log: "logs/classifier/{dataset}.log"
     shell: "python -m pipeline.classifier --dataset {wildcards.dataset} 2> {log}"
 
@@ -109,7 +116,7 @@ rule train:
     input: "data/processed/{dataset}.npz", "results/code/{model}.train.json"
     output: RUN_DIR + "/model.pt", RUN_DIR + "/train.json"
     params: hp=train_params, seed=config["seed"], device=config.get("device", "auto")
-    resources: gpu=GPUS, runtime=120, mem_mb=4000
+    resources: gpu=slurm("train", "gpus"), runtime=slurm("train", "runtime"), mem_mb=slurm("train", "mem_mb")
     log: "logs/train/{dataset}-{model}-seed{seed}.log"
     shell: "python -m pipeline.train --dataset {wildcards.dataset} --model {wildcards.model} --seed {wildcards.seed} 2> {log}"
 
@@ -118,7 +125,7 @@ rule evaluate:
     input: RUN_DIR + "/model.pt", RUN_DIR + "/train.json", "results/{dataset}/classifier.pt", "results/code/{model}.evaluate.json"
     output: RUN_DIR + "/eval.json", RUN_DIR + "/samples.png", RUN_DIR + "/per_example.npz"
     params: budget=evaluate_params
-    resources: gpu=GPUS, runtime=60, mem_mb=4000
+    resources: gpu=slurm("evaluate", "gpus"), runtime=slurm("evaluate", "runtime"), mem_mb=slurm("evaluate", "mem_mb")
     log: "logs/evaluate/{dataset}-{model}-seed{seed}.log"
     shell: "python -m pipeline.evaluate --dataset {wildcards.dataset} --model {wildcards.model} --seed {wildcards.seed} 2> {log}"
 

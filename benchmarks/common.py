@@ -72,6 +72,29 @@ def fashion_binary(n: int) -> np.ndarray:
     return (images[:n].reshape(n, -1) >= 128).astype(np.float32)
 
 
+def scratch_project(params: dict, device, keep: str = "") -> "Path":
+    """A scratch copy of the pipeline (Snakefile, dvc.yaml, pipeline/, configs/) with
+    ``params`` over the repository's params.yaml and the given device; gm is imported from the
+    installed (editable) package.  In ``keep`` when given, else a new temporary folder."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+    root = Path(__file__).resolve().parents[1]
+    base = yaml.safe_load((root / "params.yaml").read_text())
+    work = Path(keep or tempfile.mkdtemp(prefix="gm-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "dvc.yaml"):
+        shutil.copy(root / name, work / name)
+    for name in ("pipeline", "configs"):      # configs/published.csv is an input of the report
+        shutil.copytree(root / name, work / name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "params.yaml").write_text(
+        yaml.safe_dump({**base, **params, "device": str(device)}, sort_keys=False))
+    return work
+
+
 def report(title: str, rows: list[tuple[str, float, str]]) -> None:
     """Print ``name  value  note`` lines under a title."""
     print(f"\n== {title}")

@@ -4,7 +4,7 @@ BernoulliRBM, on the same data with the same hyperparameters, timed alternately 
 Both sides run persistent CD-1 (scikit-learn's BernoulliRBM is PCD-1 with one chain per
 example of the minibatch, so gm uses persistent=True, n_chains=batch_size), the same learning
 rate, no momentum and no weight decay, float32 data, one epoch per repetition.
-Target (issue 9): gm at least as fast (ratio sklearn_time / gm_time >= 1).
+Target (issue 16): gm at least 1.5x as fast (ratio sklearn_time / gm_time >= 1.5).
 
     python benchmarks/rbm_vs_sklearn.py [--device cuda] [--fashion-n 5000]
 """
@@ -41,7 +41,7 @@ def compare(name: str, x, n_hidden: int, batch_size: int, lr: float, args) -> tu
             (f"{name}: sklearn BernoulliRBM examples/s", n / t["sklearn"],
              f"{t['sklearn']:.3f} s/epoch"),
             (f"{name}: speed ratio sklearn_time / gm_time", t["sklearn"] / t["gm"],
-             "target >= 1")]
+             "target >= 1.5")]
     return rows
 
 

@@ -245,15 +245,15 @@ class GenerativeModel(nn.Module):
         (the pipeline's own classifier of the dataset's labels)."""
         return Extras()
 
-    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def make_optimizers(self) -> dict[str, "gm.optim.Optimizer"]:
         """Build the model's optimisers, by name; subclasses override (default: none)."""
         return {}
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def optimizers(self) -> dict[str, "gm.optim.Optimizer"]:
         """The optimisers the model owns, by name (saved in checkpoints for exact resume).
 
         Built by :meth:`make_optimizers` on first use, so evaluation, which needs none, never
-        pays torch.optim's import of torch._dynamo (~1.5 s of CPU per process)."""
+        pays for them."""
         if "_optimizers" not in self.__dict__:
             self.__dict__["_optimizers"] = self.make_optimizers()
         return self.__dict__["_optimizers"]

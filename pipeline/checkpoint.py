@@ -49,7 +49,7 @@ def load_state(path: Path, *, expect_model: str | None = None) -> dict:
 
 def restore(state: dict, device, *, optimizers: bool = True) -> gm.GenerativeModel:
     """Rebuild the model of a checkpoint dict, with its optimisers' state unless
-    ``optimizers=False`` (evaluation: building a torch optimiser imports torch._dynamo, ~1.5 s)."""
+    ``optimizers=False`` (evaluation needs none)."""
     model = gm.build(state["model"], state["data_dim"], **state["config"]).to(device)
     try:
         model.load_state_dict(state["state_dict"])

@@ -63,8 +63,9 @@ def run(args, params) -> None:
     for view_name, view in (("binary", splits.x), ("real", splits.r)):
         if not view or view["train"].ndim != 2:
             continue
+        cap = cfg.metric_images or len(view["val"])     # the cap of pipeline/evaluate.py
         reference[view_name] = reference_metrics(
-            view["val"], view["test"], view["train"], clf,
+            view["val"][:cap], view["test"][:cfg.metric_images or None], view["train"], clf,
             generator=common.stage_seed(params, "reference", ds), n_boot=cfg.n_bootstrap)
     write_json(out.parent / "reference.json", {"dataset": ds, "classifier": info,
                                                "reference": reference})

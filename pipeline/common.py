@@ -5,7 +5,9 @@ import argparse
 import logging
 import math
 import os
+import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -38,13 +40,42 @@ def parse(argv, description: str, *, dataset=True, model=False, seed=False) -> a
     return ap.parse_args(argv)
 
 
+def _process_start() -> float:
+    """Epoch seconds at which this process started (Linux: /proc; elsewhere: this import)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
+def process_cost(compute_cpu_seconds: float) -> dict[str, float]:
+    """What this stage process has cost so far: wall seconds since it started, CPU seconds
+    (user + system, start-up and imports included), peak resident memory (MB), and the CPU
+    seconds of its computation proper (training or evaluation), as train.json and eval.json
+    record it under ``cost``.  cpu_seconds - compute_cpu_seconds is the process's fixed cost
+    (benchmarks/process_cost.py)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall_seconds": round(time.time() - _process_start(), 3),
+            "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 3),
+            "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
+            "compute_cpu_seconds": round(compute_cpu_seconds, 3)}
+
+
 def run_stage(fn, argv, description: str, *, writes=None, memory: bool = False,
               **flags) -> int:
     """Parse flags, load+validate params, check the stage can do its work, run
     ``fn(args, params)``; every GmError -> one line ``error: <file>: <problem> (<fix>)``.
 
     Before ``fn`` starts: ``memory=True`` (the train stage) refuses a model whose estimated
-    memory exceeds the machine's (:func:`pipeline.memory.check_memory`); the folders it
+    memory exceeds the machine's (:func:`pipeline.memory.check_memory`), unless the runner
+    already checked every run (the Snakefile sets GM_MEMORY_CHECKED=1: building a model on
+    torch's meta device imports torch._dynamo, ~1.3 s of CPU per process); the folders it
     writes must be writable (``writes(args)`` -> folders; default: the run folder of a
     ``--model --seed`` stage), so a read-only folder fails before any work, not at the
     first write after it."""
@@ -56,7 +87,7 @@ def run_stage(fn, argv, description: str, *, writes=None, memory: bool = False,
     try:
         params = P.load(args.params)
         _check_target(args, params)
-        if memory:
+        if memory and os.environ.get("GM_MEMORY_CHECKED") != "1":
             memory_check(params, [(args.dataset, args.model)])
         if writes is not None:
             folders = writes(args)
@@ -141,7 +172,12 @@ def device_of(params: dict) -> torch.device:
     """``device: auto`` picks CUDA when present, else the CPU."""
     d = params.get("device", "auto")
     if d == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if os.environ.get("SLURM_JOB_GPUS") or os.environ.get("SLURM_GPUS"):
+            log.warning("this SLURM job was given a GPU but torch sees no CUDA device: "
+                        "training on the CPU (check the node's driver and torch's CUDA build)")
+        return torch.device("cpu")
     if d.startswith("cuda") and not torch.cuda.is_available():
         log.warning("device %s requested but CUDA is unavailable: using the CPU", d)
         return torch.device("cpu")

@@ -81,7 +81,7 @@ def run(args, params) -> None:
     tracker = tracking.RunLogger(out, ds, name, seed, create=False, defer=math.inf,
                                  scope="evaluate:" + fingerprint["sha256"])
     g = common.stage_generator(params, "evaluate", ds, name, seed, device)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
 
     # e.g. a Parzen proxy chooses its width on validation data (a no-op for most models)
     model.prepare_evaluation(torch.as_tensor(view["val"], device=device), generator=g,
@@ -102,8 +102,9 @@ def run(args, params) -> None:
                           splits.image_shape, ncols=extras.grid_cols.get(key))
     metrics = {}
     if samples.ndim == 2 and view["test"].ndim == 2:  # as many samples as the reference row
-        n = min(samples.shape[0], len(view["val"]))
-        metrics = sample_metrics(samples[:n], view["test"], view["train"], clf,
+        cap = cfg.metric_images or len(view["test"])
+        n = min(samples.shape[0], len(view["val"]), cap)
+        metrics = sample_metrics(samples[:n], view["test"][:cap], view["train"], clf,
                                  generator=common.stage_seed(params, "metrics", ds, name, seed),
                                  n_boot=cfg.n_bootstrap)
     settings = config_dict(cfg)
@@ -114,7 +115,8 @@ def run(args, params) -> None:
         log_likelihood_bounds=Bounds.of(ll),
         estimator_validation={k: Validation.of(v, ll) for k, v in validation.items()},
         ais_convergence=convergence, extras=ExtrasRecord.of(extras),
-        sample_metrics=sample_metrics_from(metrics), budget=settings, fingerprint=fingerprint)
+        sample_metrics=sample_metrics_from(metrics), budget=settings, fingerprint=fingerprint,
+        cost=common.process_cost(time.process_time() - cpu0))
     write_per_example(out / "per_example.npz", ll)
     record.write(out / "eval.json")
 

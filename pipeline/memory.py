@@ -80,7 +80,7 @@ def memory_estimate(registered: str, data_dim: int, hparams: dict) -> tuple[int,
     cls = model_class(registered)   # imports every model module outside the meta context, so
     try:                            # no module-level tensor is created on the meta device
         config = make_config(cls.Config, hparams)
-        with _time_limit(BUILD_SECONDS), torch.device("meta"):
+        with _time_limit(BUILD_SECONDS), torch.device("meta"), _values_skipped():
             model = cls(data_dim, config)
     except Exception:  # noqa: BLE001 - any failure means: cannot estimate here
         return None
@@ -90,12 +90,18 @@ def memory_estimate(registered: str, data_dim: int, hparams: dict) -> tuple[int,
     return TRAINING_COPIES * params_bytes + buffers_bytes, n
 
 
-def _warm_up_meta() -> None:
-    """Import what torch's meta kernels import on first use (torch._dynamo, ~1.5 s), so that
-    it does not count against a model's BUILD_SECONDS."""
+@contextlib.contextmanager
+def _values_skipped():
+    """Skip Tensor.normal_ while a model is built on the meta device: meta tensors hold no
+    values, and torch's meta kernel for normal_ imports torch._dynamo (~1.3 s of CPU, which
+    every train process would pay)."""
     import torch
-    with torch.device("meta"):
-        torch.randn(1).normal_()
+    normal_ = torch.Tensor.normal_
+    torch.Tensor.normal_ = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.normal_ = normal_
 
 
 def _gib(n: int) -> str:
@@ -137,15 +143,12 @@ def check_memory(params: dict, pairs: list[tuple[str, str]] | None = None) -> No
     (default: every run).  The data dimension is read from the prepared dataset's array
     header; before prepare it is taken as 1, so the estimate is a lower bound.
 
-    The first call in a process costs 1-1.5 s (torch's meta kernels import
-    torch._dynamo; the train stage imports it anyway for its optimisers), then milliseconds
-    per model; the evaluate stage does not call this."""
+    Milliseconds per model; the evaluate stage does not call this."""
     from gm.data.splits import data_dim_of
     from pipeline import common  # here: common imports this module
     if pairs is None:
         pairs = list(dict.fromkeys((r["dataset"], r["model"]) for r in params["runs"]))
     limit = machine_memory()
-    _warm_up_meta()
     for ds, name in pairs:
         settings = train_settings(params, name)
         registered, block = settings["base"], settings["model"]

@@ -7,6 +7,9 @@ that PyYAML (Snakemake, the stages) reads as text and DVC as a float (:func:`rea
 Numbers must be finite and fit float32 / 64-bit integers; the train stage and the Snakefile
 also refuse a model too large for the machine's memory, estimated without allocating it
 (:mod:`pipeline.memory`).  :func:`error_line` is the one line a stage prints.
+
+``resources:`` holds the SLURM requests of the train and evaluate jobs (:func:`stage_resources`):
+scheduling hints, never inputs, so no stage reads them and no rerun trigger includes them.
 """
 from __future__ import annotations
 
@@ -26,9 +29,19 @@ from gm.data import dataset_names, dataset_spec
 from gm.errors import ConfigError
 from gm.registry import model_class, model_names
 
-TOP_KEYS = {"seed", "seeds", "device", "datasets", "evaluate", "runs", "models"}
+TOP_KEYS = {"seed", "seeds", "device", "datasets", "evaluate", "runs", "models", "resources"}
 TRAIN_KEYS = {"epochs", "batch_size", "checkpoint_every"}
 BLOCK_KEYS = ("base", "train", "model", "evaluate")
+RESOURCE_STAGES = ("train", "evaluate")          # the rules whose SLURM requests params set
+RESOURCE_FIELDS = {                              # field -> (least value, unit and what it becomes)
+    "runtime": (1, "minutes of wall time, sbatch -t"),
+    "mem_mb": (1, "MB of memory, sbatch --mem"),
+    "gpus": (0, "GPUs, sbatch --gpus; 0: a CPU-only job"),
+}
+# Built-in defaults where params set none (the values the Snakefile hard-coded before issue 17);
+# gpus: 1 when device asks for CUDA, else 0 (see stage_resources).
+RESOURCE_DEFAULTS = {"train": {"runtime": 120, "mem_mb": 4000},
+                     "evaluate": {"runtime": 60, "mem_mb": 4000}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +51,10 @@ class EvaluateConfig(Budget):
 
     n_samples: int = ranged(1000, ge=1)     # samples per model for the grid and sample metrics
     n_bootstrap: int = ranged(200, ge=1)    # bootstrap resamples for metric confidence intervals
+    metric_images: int = ranged(0, ge=0)
+    # ^ at most this many model samples, test images and held-out (reference row) images in
+    #   the sample metrics, the first ones of each (0: no cap); their kernel matrices and
+    #   bootstrap grow with its square (10,000 images: minutes per model on 2 cores)
     ais_convergence: tuple[int, ...] = ranged((10, 100, 1000), ge=1, each=True)
     # ^ AIS log Z at these numbers of distributions (report figure; [] = off)
 
@@ -88,6 +105,7 @@ def validate(params: dict) -> dict:
     for name, block in models.items():
         _validate_model_block(name, _mapping(block, f"models.{name}"))
         evaluate_config(params, name)
+    _validate_resources(params)
     runs = params["runs"]
     require(isinstance(runs, list) and len(runs) > 0, "runs",
             "must be a non-empty list of {dataset: D, model: M}")
@@ -161,6 +179,76 @@ def _validate_model_block(name: str, block: dict) -> None:
     make_config(model_class(block.get("base", name)).Config,
                 _mapping(block.get("model"), f"{where}.model"), f"{where}.model")
     _mapping(block.get("evaluate"), f"{where}.evaluate")
+
+
+def _validate_stage_resources(value, where: str) -> None:
+    """One ``{runtime, mem_mb, gpus}`` mapping (any subset) at params path ``where``."""
+    for key, v in _mapping(value, where).items():
+        require(key in RESOURCE_FIELDS, f"{where}.{key}",
+                "unknown key (known: " + ", ".join(sorted(RESOURCE_FIELDS)) + ")")
+        least, unit = RESOURCE_FIELDS[key]
+        if not (_is_int(v) and v >= least):
+            raise ConfigError(f"{where}.{key}", f"must be an integer >= {least}, got {v!r}",
+                              f"{key}: the number of {unit}")
+
+
+def _validate_resources(params: dict) -> None:
+    """``resources:``: defaults per stage, and ``models.<name>`` entries of run names that have
+    a block under ``models:``; then every model's resolved GPU request against ``device``."""
+    block = _mapping(params.get("resources"), "resources")
+    keys = (*RESOURCE_STAGES, "models")
+    for key in block:
+        require(key in keys, f"resources.{key}", "unknown key (known: " + ", ".join(keys)
+                + "; other rules take the profile's default-resources or --set-resources)")
+    for stage in RESOURCE_STAGES:
+        _validate_stage_resources(block.get(stage), f"resources.{stage}")
+    models = params["models"]
+    for name, entry in _mapping(block.get("models"), "resources.models").items():
+        where = f"resources.models.{name}"
+        require(name in models, where, f"{name!r} has no block under models:")
+        for stage, value in _mapping(entry, where).items():
+            require(stage in RESOURCE_STAGES, f"{where}.{stage}",
+                    "unknown key (known: " + ", ".join(RESOURCE_STAGES) + ")")
+            _validate_stage_resources(value, f"{where}.{stage}")
+    device = str(params.get("device", "auto"))
+    for name in models:
+        for stage in RESOURCE_STAGES:
+            gpus, where = _resolve_resources(params, name, stage)["gpus"]
+            if device == "cpu" and gpus > 0:
+                raise ConfigError(where, f"{gpus} GPU(s) requested but device: cpu never uses "
+                                  "them", "set device: auto (CUDA when the job has a GPU) or "
+                                  "gpus: 0")
+            if device.startswith("cuda") and gpus == 0:
+                raise ConfigError(where, f"0 GPUs requested but device: {device} trains on "
+                                  "CUDA", "set gpus: 1, or device: auto to let a CPU job run")
+
+
+def _resolve_resources(params: dict, name: str, stage: str) -> dict[str, tuple[int, str]]:
+    """field -> (value, params path it came from) for the ``stage`` job of run name ``name``:
+    ``resources.models.<name>.<stage>``, else (a variant) ``resources.models.<base>.<stage>``,
+    else ``resources.<stage>``, else the built-in default; field by field."""
+    block = params.get("resources") or {}
+    entries = block.get("models") or {}
+    layers = [(f"resources.models.{n}.{stage}", (entries.get(n) or {}).get(stage) or {})
+              for n in dict.fromkeys((name, registered_model(params, name)))]
+    layers.append((f"resources.{stage}", block.get(stage) or {}))
+    cuda = str(params.get("device", "auto")).startswith("cuda")
+    builtin = RESOURCE_DEFAULTS[stage] | {"gpus": int(cuda)}
+    out = {}
+    for field in RESOURCE_FIELDS:
+        where, value = next(((w, layer[field]) for w, layer in layers if field in layer),
+                            (f"resources.{stage}.{field} (default)", builtin[field]))
+        out[field] = (value, where if where.endswith("(default)") else f"{where}.{field}")
+    return out
+
+
+def stage_resources(params: dict, name: str, stage: str) -> dict[str, int]:
+    """The SLURM requests of the ``stage`` ("train" or "evaluate") job of run name ``name``:
+    ``{"runtime": minutes, "mem_mb": MB, "gpus": n}``, from params ``resources:`` (see
+    :func:`_resolve_resources`); defaults: train 120 min, evaluate 60 min, 4000 MB, and one GPU
+    exactly when ``device`` is ``cuda``/``cuda:N``.  Scheduling hints only: no stage reads
+    them, and neither :func:`train_settings` nor :func:`evaluate_settings` holds them."""
+    return {field: value for field, (value, _) in _resolve_resources(params, name, stage).items()}
 
 
 def registered_model(params: dict, name: str) -> str:

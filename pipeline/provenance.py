@@ -95,7 +95,8 @@ def report_fingerprint(params: dict, data_checksums: dict[str, str]) -> dict:
         code.stage_paths(stage, P.registered_model(params, name)))["sha256"]
         for name in runs for stage in ("train", "evaluate")}
     stages["report"] = code.fingerprint(code.stage_paths("report"))["sha256"]
-    return _joint({"params": digest(params), "code": digest(stages),
+    inputs = {k: v for k, v in params.items() if k != "resources"}   # scheduling hints only
+    return _joint({"params": digest(inputs), "code": digest(stages),
                    "data": digest(dict(sorted(data_checksums.items())))})
 
 

@@ -320,6 +320,7 @@ class EvalRecord:
     sample_metrics: dict[str, SampleMetric] = field(default_factory=dict)
     budget: dict[str, Any] | None = None   # the evaluate: settings it ran with (None: older run)
     fingerprint: dict[str, str] | None = None   # pipeline/provenance.py (None: older run)
+    cost: dict[str, float] | None = None   # pipeline.common.process_cost (None: older run)
 
     def to_dict(self) -> dict:
         out = {"dataset": self.dataset, "model": self.model, "seed": self.seed,
@@ -341,12 +342,14 @@ class EvalRecord:
             out["budget"] = dict(self.budget)
         if self.fingerprint is not None:
             out["fingerprint"] = dict(self.fingerprint)
+        if self.cost is not None:
+            out["cost"] = dict(self.cost)
         return out
 
     REQUIRED = ("dataset", "model", "seed", "test_log_likelihood", "n_parameters",
                 "train_seconds", "eval_seconds")
     OPTIONAL = ("data_view", "log_likelihood_bounds", "estimator_validation", "ais_convergence",
-                "extras", "sample_metrics", "budget", "fingerprint")
+                "extras", "sample_metrics", "budget", "fingerprint", "cost")
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = "eval.json") -> "EvalRecord":
@@ -372,7 +375,7 @@ class EvalRecord:
     @classmethod
     def _from_dict(cls, d: Mapping, at) -> "EvalRecord":
         bounds, conv = d.get("log_likelihood_bounds"), d.get("ais_convergence")
-        budget, fingerprint = d.get("budget"), d.get("fingerprint")
+        budget, fingerprint, cost = d.get("budget"), d.get("fingerprint"), d.get("cost")
         return cls(
             dataset=_typed(d["dataset"], str, at("dataset")),
             model=_typed(d["model"], str, at("model")),
@@ -397,7 +400,10 @@ class EvalRecord:
                                                at("sample_metrics")),
             budget=None if budget is None else dict(_check_keys(budget, at("budget"), (), None)),
             fingerprint=None if fingerprint is None
-            else dict(_check_keys(fingerprint, at("fingerprint"), (), None)))
+            else dict(_check_keys(fingerprint, at("fingerprint"), (), None)),
+            cost=None if cost is None
+            else {k: _typed(v, float, at(f"cost.{k}"))
+                  for k, v in _check_keys(cost, at("cost"), (), None).items()})
 
     def write(self, path: Path) -> None:
         """Write eval.json atomically (a crash leaves the old file or none)."""

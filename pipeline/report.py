@@ -3,18 +3,24 @@
     python -m pipeline.report
 
 Reads results/*/*/seed*/{eval.json,train.json,per_example.npz} (eval.json as a
-:class:`pipeline.record.EvalRecord`); writes reports/report.md, report.html, results.csv
+:class:`pipeline.record.EvalRecord`); writes into reports/ (or the params' ``report_dir``, e.g.
+reports/fashion_mnist for configs/fashion.yaml) report.md, report.html, results.csv
 (long: one row per dataset, model, seed, metric), pairs.csv (every paired comparison),
 metrics.json (strict JSON, for `dvc metrics show`), curves.csv (for `dvc plots show`) and
 figures/*.png.  Per dataset and data view, log-likelihoods, lower bounds, upper bounds and
 proxies get separate tables, ranked by paired comparisons on the same test examples
-(:mod:`pipeline.compare`); sample metrics get their own tables and a legend.
+(:mod:`pipeline.compare`); sample metrics get their own tables and a legend.  Every report
+states its run facts (data sizes per split, how the binary view was made with its seed and
+checksum, the evaluation budgets the runs recorded, each model's training length) and the
+cost of every train and evaluate stage (wall and CPU seconds, peak memory, with totals).
 Meanwhile a second process sends the runs' pending MLflow calls (pipeline/tracking.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +32,8 @@ import pandas as pd
 import gm
 from gm.data import dataset_spec, load_splits
 from gm.estimators.raise_ais import SANDWICH_NOTE
-from gm.io import write_text
+from gm.errors import ConfigError
+from gm.io import InputError, write_text
 from pipeline import (common, compare, document, legend, plots, provenance, published, swap,
                       tables, tracking)
 from pipeline import params as P
@@ -35,7 +42,7 @@ from pipeline.common import log
 from pipeline.record import EvalRecord, sample_metrics_from
 from pipeline.tables import DatasetInfo, Summary
 
-OUT = Path("reports")
+OUT = Path("reports")        # the default report; params ``report_dir`` names another folder
 
 GROUP_TITLE = {"likelihood": "log-likelihoods", "lower bound": "lower bounds of log p(x)",
                "upper bound": "upper bounds of log p(x)", "proxy": "proxies (Parzen windows)"}
@@ -161,9 +168,10 @@ def per_example_values(summaries: list[Summary], evals: list[EvalRecord]
     return values, unranked
 
 
-def dataset_info(ds: str) -> DatasetInfo:
-    """Pixels per image (frame), grey levels and the known optimum of dataset ``ds``."""
-    splits = load_splits(common.processed_path(ds))
+def dataset_info(ds: str, splits=None) -> DatasetInfo:
+    """Pixels per image (frame), grey levels and the known optimum of dataset ``ds``
+    (``splits``: its prepared data, read from data/processed when not given)."""
+    splits = splits if splits is not None else load_splits(common.processed_path(ds))
     return DatasetInfo(splits.data_dim, splits.levels,
                        dataset_spec(ds).optimum_log_likelihood)
 
@@ -271,6 +279,119 @@ def metrics_record(summaries: list[Summary], infos: dict[str, DatasetInfo],
                                  for n in names}
         out.setdefault(s.dataset, {})[s.model] = rec
     return out
+
+
+def report_dir(params: dict) -> Path:
+    """The folder this report is written to: params ``report_dir`` (a relative path inside
+    reports/, e.g. reports/fashion_mnist for a profile's own report), else reports/."""
+    value = params.get("report_dir")
+    if value is None:
+        return OUT
+    path = Path(str(value))
+    if path.is_absolute() or ".." in path.parts or not path.parts or path.parts[0] != OUT.name:
+        raise ConfigError("report_dir", f"must be a relative path inside {OUT}/ (e.g. "
+                          f"{OUT}/fashion_mnist), got {value!r}")
+    return path
+
+
+def data_facts(params: dict, loaded: dict) -> list[dict]:
+    """What the report states of each dataset with results: split sizes, pixels, grey levels,
+    the binarization recorded in its prepared data, the params options, the data checksum."""
+    out = []
+    for ds, splits in loaded.items():
+        out.append({"dataset": ds, "sizes": {s: int(len(v)) for s, v in splits.x.items()},
+                    "data_dim": splits.data_dim, "image_shape": tuple(splits.image_shape),
+                    "levels": splits.levels, "binarization": splits.binarization,
+                    "info": splits.info, "options": params["datasets"].get(ds) or {},
+                    "checksum": splits.checksum()})
+    return out
+
+
+FACTS_TEXT = ("What the runs of this report were made from, read from the prepared data "
+              "(data/processed/<dataset>.npz) and each run's train.json and eval.json, so it "
+              "describes the results shown, not today's params.")
+BUDGET_TEXT = ("The evaluation settings (params evaluate: with each model's overrides) as "
+               "every eval.json recorded them under budget: the value most runs used, and "
+               "the runs that used another. Each model reads only the settings of its "
+               "estimator (AIS: ais_*; importance sampling and the IWAE bound: "
+               "importance_samples; Parzen: parzen_samples, its width chosen on the "
+               "validation split; decoder AIS: decoder_ais_*).")
+EPOCHS_TEXT = ("Each model's training length from its train.json: epochs (full passes over "
+               "the training split), minibatch size, parameter updates, measured seconds per "
+               "epoch and per training (means over seeds), and how many test examples its "
+               "headline value averages.")
+COST_TEXT = ("Each train and evaluate stage as its train.json / eval.json record it under "
+             "cost: wall seconds from the process's start, CPU seconds (user + system, start-up "
+             "and imports included) and the process's peak resident memory. The total sums "
+             "wall and CPU seconds over the stages (stages that ran side by side, e.g. with "
+             "snakemake --cores 2, overlap, so the pipeline took less wall time) and gives the "
+             "largest peak. The fetch, prepare, classifier and report stages are not "
+             "included. " + tables.DASH + ": a record made before costs were recorded.")
+
+
+def facts_blocks(params: dict, evals: list[EvalRecord], trains: list[dict],
+                 facts: list[dict]) -> list[tuple]:
+    """The "Run facts" section: data sizes per split and binarization (with its seed and
+    checksums when drawn), evaluation budgets, training length per model."""
+    blocks: list[tuple] = [("h", 2, "Run facts"), ("p", FACTS_TEXT), ("h", 3, "Data")]
+    if facts:
+        blocks.append(("table", tables.data_table(facts)))
+    else:
+        blocks.append(("p", "No prepared dataset has results yet."))
+    for f in facts:
+        b = (f.get("info") or {}).get("binarization") or {}
+        if b.get("method") == "stochastic":
+            blocks.append(("p", f"{f['dataset']}: binary view drawn once with seed {b.get('seed')}"
+                                f" ({b.get('rule')}); sha256 of the drawn arrays "
+                                f"({b.get('sha256_of')}): {b.get('sha256')}; sha256 of this "
+                                f"run's binary splits: {b.get('splits_sha256')}. Data sha256 "
+                                f"(every array of the prepared file): {f['checksum']}."))
+    budgets = {f"{e.dataset}/{e.model}" + (f" seed {e.seed}" if len(params["seeds"]) > 1
+                                            else ""): e.budget
+               for e in evals if e.budget is not None}
+    blocks.append(("h", 3, "Evaluation budgets"))
+    if budgets:
+        order = [f.name for f in dataclasses.fields(P.EvaluateConfig)]
+        blocks += [("p", BUDGET_TEXT), ("table", tables.budget_table(budgets, order))]
+    unrecorded = sorted({f"{e.dataset}/{e.model}" for e in evals if e.budget is None})
+    if unrecorded or not budgets:
+        blocks.append(("p", "No recorded budget (an eval.json made before budgets were "
+                            "recorded): " + (", ".join(unrecorded) or "no evaluated run") + "."))
+    blocks.append(("h", 3, "Training length per model"))
+    if trains:
+        n_train = {f["dataset"]: f["sizes"].get("train") for f in facts}
+        blocks += [("p", EPOCHS_TEXT), ("table", tables.epochs_table(trains, evals, n_train))]
+    else:
+        blocks.append(("p", "No run has finished training."))
+    return blocks
+
+
+def stage_costs(params: dict, evals: list[EvalRecord]) -> list[dict]:
+    """{"dataset", "model", "seed", "stage", "cost"} of every train and evaluate stage whose
+    record exists, in params order (train.json of runs not evaluated included)."""
+    cost_of = {(e.dataset, e.model, e.seed): e.cost for e in evals}
+    rows = []
+    for ds, model, seed in common_runs(params):
+        d = common.run_dir(ds, model, seed)
+        if (d / "train.json").exists():
+            try:
+                cost = common.read_train_info(d / "train.json").get("cost")
+            except InputError:           # unreadable: the failed-runs table says why
+                cost = None
+            rows.append({"dataset": ds, "model": model, "seed": seed, "stage": "train",
+                         "cost": cost if isinstance(cost, dict) else None})
+        if (ds, model, seed) in cost_of:
+            rows.append({"dataset": ds, "model": model, "seed": seed, "stage": "evaluate",
+                         "cost": cost_of[(ds, model, seed)]})
+    return rows
+
+
+def cost_blocks(params: dict, evals: list[EvalRecord]) -> list[tuple]:
+    rows = stage_costs(params, evals)
+    blocks: list[tuple] = [("h", 2, "Cost per stage")]
+    if not rows:
+        return blocks + [("p", "No stage has run yet.")]
+    return blocks + [("p", COST_TEXT), ("table", tables.cost_table(rows))]
 
 
 def header(params: dict, evals: list[EvalRecord], fingerprint: dict) -> list[tuple]:
@@ -434,12 +555,18 @@ def build(params: dict, out: Path) -> list[tuple]:
     pairs.to_csv(out / "pairs.csv", index=False)
     rank = compare.ranks(pairs, [(d, v, g, m) for d, m, v, g in values])
     datasets = [ds for ds in params["datasets"] if any(s.dataset == ds for s in summaries)]
-    infos = {ds: dataset_info(ds) for ds in datasets}
+    # each prepared dataset read once (Fashion-MNIST's is 0.2 GB)
+    loaded = {ds: load_splits(common.processed_path(ds))
+              for ds in sorted({d for d, _, _ in P.runs(params)})}
+    infos = {ds: dataset_info(ds, loaded[ds]) for ds in datasets}
 
     fingerprint = provenance.report_fingerprint(
-        params, {ds: load_splits(common.processed_path(ds)).checksum()
-                 for ds in sorted({d for d, _, _ in P.runs(params)})})
+        params, {ds: splits.checksum() for ds, splits in loaded.items()})
     blocks = header(params, evals, fingerprint)
+    with_results = {e.dataset for e in evals} | {t["dataset"] for t in trains}
+    blocks += facts_blocks(params, evals, trains,
+                           data_facts(params, {ds: loaded[ds] for ds in loaded
+                                               if ds in with_results}))
     for ds in datasets:
         blocks += dataset_blocks(ds, summaries, infos[ds], pairs, rank, unranked, evals,
                                  trains, figdir, params)
@@ -466,6 +593,7 @@ def build(params: dict, out: Path) -> list[tuple]:
                    ("p", "Differences here compare two estimators, neither exact (e.g. decoder "
                          "AIS under a Gaussian observation model next to a Parzen proxy)."),
                    ("table", _fmt(other))]
+    blocks += cost_blocks(params, evals)
     failed = failed_runs(params)
     if not failed.empty:
         blocks += [("h", 2, "Failed or missing runs"), ("table", failed)]
@@ -477,11 +605,13 @@ def build(params: dict, out: Path) -> list[tuple]:
 def run(args, params) -> None:
     # the runs' deferred MLflow calls (and any kept in an outage) go out from a second process
     # while this one builds the report (the pipeline's last step: both cores at work)
+    target = report_dir(params)
     sender = subprocess.Popen([sys.executable, "-m", "pipeline.tracking", "--replay"],
                               stdout=subprocess.DEVNULL)
-    with swap.building(OUT) as out:          # a kill leaves the previous report whole
+    with swap.building(target) as out:       # a kill leaves the previous report whole
         try:
             blocks = build(params, out)
+            keep_nested_reports(target, out)
         finally:
             status = sender.wait()   # its log lines come before an error line
         if status != 0:
@@ -494,7 +624,24 @@ def run(args, params) -> None:
                        ("table", pd.DataFrame([{k: p[k] for k in ("run", "calls", "cause")}
                                                for p in pending]))]
         render(blocks, out)
-    log.info("wrote %s", OUT / "report.md")
+    log.info("wrote %s", target / "report.md")
+
+
+def keep_nested_reports(target: Path, out: Path) -> None:
+    """Carry the reports of other profiles kept inside ``target`` (e.g. reports/fashion_mnist/
+    inside reports/) into the folder ``out`` that replaces it, so rebuilding one report never
+    deletes another.  Hard links where possible (no copy of the bytes)."""
+    if not target.is_dir():
+        return
+    for sub in sorted(target.iterdir()):
+        if (sub.is_dir() and "." not in sub.name and (sub / "report.md").exists()
+                and not (out / sub.name).exists()):
+            def link(src, dst):
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+            shutil.copytree(sub, out / sub.name, copy_function=link)
 
 
 def render(blocks: list[tuple], out: Path) -> None:

@@ -8,6 +8,7 @@ for conditional models) with bits per dimension beside them; intervals are print
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -225,3 +226,148 @@ def significant_pairs(models: list[str], better: dict[str, list[str]]) -> str:
     """'a > b, c; d > e' in the given (rank) order, or a sentence when nothing is significant."""
     parts = [f"{m} > {', '.join(sorted(better[m]))}" for m in models if better.get(m)]
     return "; ".join(parts) if parts else "no difference is significant"
+
+
+# --- run facts and costs (every report) ----------------------------------------------------
+
+COST_COLUMNS = (("wall_seconds", "wall [s]"), ("cpu_seconds", "CPU [s]"),
+                ("peak_rss_mb", "peak RSS [MB]"))
+
+
+def fmt_count(v: int | None) -> str:
+    """A whole number with thousands separators (DASH when unknown)."""
+    return DASH if v is None else f"{v:,}"
+
+
+def binarization_text(binarization: str, info: dict | None) -> str:
+    """How a prepared dataset's binary view was made, from its recorded metadata
+    (:class:`gm.data.Splits` ``binarization`` and ``info``)."""
+    b = (info or {}).get("binarization") or {}
+    if b.get("method") == "stochastic":
+        return f"fixed, stochastic: {b.get('rule', 'Bernoulli(grey / 255)')}, seed {b.get('seed')}"
+    if binarization == "dynamic":
+        return ("dynamic: training images drawn afresh from grey / 255 every epoch; validation "
+                "and test drawn once")
+    return "fixed (the same binary images every epoch)"
+
+
+def data_table(facts: list[dict]) -> pd.DataFrame:
+    """One row per dataset: split sizes, pixels, binarization, options and checksum.
+    ``facts``: {"dataset", "sizes": {split: n}, "data_dim", "image_shape", "levels",
+    "binarization", "info", "options", "checksum"}."""
+    rows = []
+    for f in facts:
+        sizes = f["sizes"]
+        shape = f.get("image_shape") or ()
+        rows.append({"dataset": f["dataset"], "train": fmt_count(sizes.get("train")),
+                     "validation": fmt_count(sizes.get("val")),
+                     "test": fmt_count(sizes.get("test")),
+                     "pixels": (f"{f['data_dim']} ({shape[0]}x{shape[1]})"
+                                if len(shape) == 2 and all(shape) else str(f["data_dim"])),
+                     "real view": f"{f['levels']} grey levels" if f.get("levels") else DASH,
+                     "binary view": binarization_text(f["binarization"], f.get("info")),
+                     "options (params datasets:)": ", ".join(
+                         f"{k}: {v}" for k, v in sorted((f.get("options") or {}).items()))
+                     or "defaults",
+                     "data sha256": f["checksum"][:16]})
+    return pd.DataFrame(rows)
+
+
+def _canonical(v) -> str:
+    return json.dumps(v, sort_keys=True)
+
+
+def budget_table(budgets: dict[str, dict], order: list[str] | None = None) -> pd.DataFrame:
+    """The evaluation settings the runs recorded (eval.json ``budget``), one row per setting:
+    the value most runs used, and the runs that used another.  ``budgets``: run label
+    (e.g. "fashion_mnist/rbm") -> its settings; ``order``: the settings in display order."""
+    names = list(order or [])
+    names += sorted({k for b in budgets.values() for k in b} - set(names))
+    rows = []
+    for name in names:
+        values = {label: b[name] for label, b in budgets.items() if name in b}
+        if not values:
+            continue
+        counts: dict[str, int] = {}
+        for v in values.values():
+            counts[_canonical(v)] = counts.get(_canonical(v), 0) + 1
+        common = max(counts, key=lambda c: (counts[c], c))
+        others = [f"{label}: {_display(v)}" for label, v in sorted(values.items())
+                  if _canonical(v) != common]
+        rows.append({"setting": name, "value": _display(json.loads(common)),
+                     "runs with another value": "; ".join(others) or DASH})
+    return pd.DataFrame(rows)
+
+
+def _display(v) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_display(x) for x in v) + "]" if v else "[] (off)"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def epochs_table(trains: list[dict], evals: list[EvalRecord],
+                 n_train: dict[str, int]) -> pd.DataFrame:
+    """One row per (dataset, model) from its train.json files: epochs, minibatch size,
+    updates, mean seconds per epoch and per training, and the number of test examples its
+    headline value averages.  ``n_train``: dataset -> training examples."""
+    by: dict[tuple[str, str], list[dict]] = {}
+    for t in trains:
+        by.setdefault((t["dataset"], t["model"]), []).append(t)
+    scored: dict[tuple[str, str], set[int]] = {}
+    for e in evals:
+        scored.setdefault((e.dataset, e.model), set()).add(e.test_log_likelihood.n)
+    rows = []
+    for (ds, model), ts in sorted(by.items()):
+        epochs = sorted({t.get("epochs") for t in ts if t.get("epochs") is not None})
+        batch = sorted({t.get("batch_size") for t in ts if t.get("batch_size") is not None})
+        per_epoch = [h["epoch_seconds"] for t in ts for h in t["history"]
+                     if isinstance(h.get("epoch_seconds"), (int, float))]
+        n = n_train.get(ds)
+        updates = (sorted({e * math.ceil(n / b) for e in epochs for b in batch})
+                   if n and epochs and batch else [])
+        rows.append({"dataset": ds, "model": model,
+                     "epochs": ", ".join(map(str, epochs)) or DASH,
+                     "batch size": ", ".join(map(str, batch)) or DASH,
+                     "updates": ", ".join(f"{u:,}" for u in updates) or DASH,
+                     "s/epoch": fmt(float(np.mean(per_epoch)), 2) if per_epoch else DASH,
+                     "train [s]": fmt(float(np.mean([t["train_seconds"] for t in ts])), 1),
+                     "seeds": str(len(ts)),
+                     "test examples scored": ", ".join(
+                         f"{v:,}" for v in sorted(scored.get((ds, model), ()))) or DASH})
+    return pd.DataFrame(rows)
+
+
+def cost_table(rows: list[dict]) -> pd.DataFrame:
+    """Cost of each train and evaluate stage, with a totals row (sums of wall and CPU
+    seconds, the largest peak RSS).  ``rows``: {"dataset", "model", "seed", "stage",
+    "cost": {"wall_seconds", "cpu_seconds", "peak_rss_mb"} or None}; a stage whose record has
+    no cost (made before costs were recorded) shows DASH and is left out of the totals."""
+    out, totals, missing = [], {k: [] for k, _ in COST_COLUMNS}, 0
+    for r in rows:
+        cost = r.get("cost") or {}
+        missing += not cost
+        row = {"dataset": r["dataset"], "model": r["model"], "seed": str(r["seed"]),
+               "stage": r["stage"]}
+        for key, label in COST_COLUMNS:
+            v = cost.get(key)
+            ok = isinstance(v, (int, float)) and math.isfinite(v)
+            row[label] = fmt(float(v), 1) if ok else DASH
+            if ok:
+                totals[key].append(float(v))
+        out.append(row)
+    if out:
+        total = {"dataset": "total", "model": f"{len(out) - missing} of {len(out)} stages "
+                 "with a recorded cost" if missing else f"{len(out)} stages",
+                 "seed": "", "stage": "train + evaluate"}
+        for key, label in COST_COLUMNS:
+            vals = totals[key]
+            agg = max if key == "peak_rss_mb" else sum
+            total[label] = fmt(agg(vals), 1) if vals else DASH
+        out.append(total)
+    return pd.DataFrame(out)

@@ -150,7 +150,7 @@ def run(args, params) -> None:
     if start and run_uid is None:   # a checkpoint from before runs had uids: a new run gets all
         for h in history:
             tracker.metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
 
     def on_epoch(epoch, metrics):
         tracker.metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
@@ -182,7 +182,8 @@ def run(args, params) -> None:
         "dataset": ds, "model": name, "seed": seed, "epochs": epochs, "batch_size": batch_size,
         "train_seconds": seconds, "n_parameters": model.n_parameters(), "device": str(device),
         "resumed_from_epoch": start, "history": history, "mlflow_run_id": tracker.run_id,
-        "mlflow_run_uid": tracker.uid, "fingerprint": fingerprint})
+        "mlflow_run_uid": tracker.uid, "fingerprint": fingerprint,
+        "cost": common.process_cost(time.process_time() - cpu0)})
     tracker.metrics({"train_seconds": seconds})
     tracker.artifact(out / "model.pt", "checkpoint")
     tracker.finish()     # training's end time; evaluation later moves it to its own end

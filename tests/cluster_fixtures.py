@@ -35,7 +35,7 @@ TINY_PARAMS = {
     "device": "cpu",
     "datasets": {"bars_stripes": {}},
     "evaluate": {"ais_chains": 8, "ais_betas": 50, "importance_samples": 20,
-                 "parzen_samples": 100, "n_samples": 64, "n_bootstrap": 5},
+                 "parzen_samples": 100, "n_samples": 64, "n_bootstrap": 5, "metric_images": 0},
     "runs": [{"dataset": "bars_stripes", "model": "rbm"}],
     "models": {"rbm": {"train": {"epochs": 6, "batch_size": 100, "checkpoint_every": 2},
                        "model": {"n_hidden": 8, "lr": 0.05}}},

@@ -49,7 +49,7 @@ def tiny_params(**models) -> dict:
         "seed": 7, "seeds": [0], "device": "cpu",
         "datasets": {"bars_stripes": {}},
         "evaluate": {"ais_chains": 20, "ais_betas": 100, "n_samples": 64, "n_bootstrap": 10,
-                     "parzen_samples": 200, "importance_samples": 50},
+                     "metric_images": 0, "parzen_samples": 200, "importance_samples": 50},
         "runs": [{"dataset": "bars_stripes", "model": "rbm"}],
         "models": models or {"rbm": {"train": {"epochs": 3, "batch_size": 50},
                                      "model": {"n_hidden": 8}}},

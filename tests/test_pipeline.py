@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import run, tiny_params
 
-TIMING = {"train_seconds", "eval_seconds"}
+TIMING = {"train_seconds", "eval_seconds", "epoch_seconds", "cost"}
 
 
 def strip_timing(obj):

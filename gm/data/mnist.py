@@ -62,20 +62,26 @@ def fetch(raw_dir: Path, *, mirror: str | None = None, retries: int = 4,
 
 def prepare_mnist_layout(name: str, raw_dir: Path, seed: int, options: CarveOptions,
                          binarize: Callable[[str, np.ndarray], np.ndarray],
-                         binarization: str) -> Splits:
+                         binarization: str, *, whole: bool = False) -> Splits:
     """Fixed splits of a dataset in MNIST's four-file layout.
 
     binarize(split, k) maps the grey levels k, (n, 784) uint8, of one split to its binary view
-    (or, for dynamic binarisation of the training split, to probabilities).
+    (or, for dynamic binarisation of the training split, to probabilities).  ``whole=True``:
+    binarize(source, k) is called once on each official file's images instead ("train": all
+    60k, "test": all 10k, in file order) and the splits are cut from its result, so an
+    image's binary view depends neither on the split nor on the max_* caps (a binarization
+    drawn once for the dataset, as Larochelle & Murray 2011 did for MNIST).
     """
     files = read_mnist_layout(raw_dir)
     idx = carve_indices(len(files["train"][0]), len(files["test"][0]), options, seed)
     source = {"train": "train", "val": "train", "test": "test"}
+    drawn = ({src: binarize(src, files[src][0].reshape(len(files[src][0]), -1))
+              for src in ("train", "test")} if whole else {})
     x, y, r = {}, {}, {}
     for i, s in enumerate(SPLITS):
         images, labels = files[source[s]]
         k = images[idx[s]].reshape(len(idx[s]), -1)
-        x[s] = binarize(s, k)
+        x[s] = drawn[source[s]][idx[s]] if whole else binarize(s, k)
         y[s] = labels[idx[s]].astype(np.int64)
         r[s] = dequantize(k, LEVELS, [seed, i])
     return Splits(name, x=x, y=y, r=r, image_shape=(28, 28), n_classes=10, levels=LEVELS,

@@ -7,7 +7,9 @@ Arrays (float32, values in [0, 1]):
   y_train, y_val, y_test  int64 class labels, -1 where a dataset has none.
 Metadata: name, image_shape (h, w), n_classes, levels (grey levels of the real view, 0 if
 none), binarization ("fixed" or "dynamic": for "dynamic" x_train holds probabilities that the
-training loop samples afresh every epoch), and sha256 of the array bytes.
+training loop samples afresh every epoch), and sha256 of the array bytes; ``info`` (only when a
+dataset records any): how the arrays were made beyond that, as plain JSON, e.g. the seed and the
+sha256 of a stochastic binarization drawn once (gm/data/fashion_mnist.py).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class Splits:
     n_classes: int = 0
     levels: int = 0
     binarization: str = "fixed"
+    info: dict = field(default_factory=dict)   # extra metadata (plain JSON), saved in "meta"
 
     @property
     def data_dim(self) -> int:
@@ -67,6 +70,8 @@ class Splits:
         meta = {"name": self.name, "image_shape": list(self.image_shape),
                 "n_classes": self.n_classes, "levels": self.levels,
                 "binarization": self.binarization, "sha256": digest}
+        if self.info:   # only when there is some: other datasets' files stay as they were
+            meta["info"] = self.info
         arrays["meta"] = np.array(json.dumps(meta))
         with atomic_path(Path(path)) as tmp:
             with open(tmp, "wb") as f:
@@ -100,7 +105,7 @@ def load_splits(path: Path) -> Splits:
                               for s in SPLITS if f"{p}_{s}" in z}
             s = Splits(meta["name"], pick("x"), pick("y"), pick("r"),
                        tuple(meta["image_shape"]), meta["n_classes"], meta["levels"],
-                       meta["binarization"])
+                       meta["binarization"], meta.get("info") or {})
             recorded = meta["sha256"]
     except _UNREADABLE as err:
         raise DataError(describe(path, f"not a readable prepared dataset ({cause(err)})",

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gm.optim import Adam
 from gm.config import make_config, require
 from gm.errors import CheckpointError
 from gm.io import atomic_path
@@ -165,7 +166,7 @@ def train_classifier(x, y, *, n_classes: int, image_shape: tuple[int, int] | Non
                          f"got {int(y.min())}..{int(y.max())}")
     clf = Classifier(x.shape[1], n_classes, image_shape, config)
     clf.reset(generator)
-    opt = torch.optim.Adam(clf.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = Adam(clf.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     clf.train()
     for _ in range(config.epochs):
         for idx in torch.randperm(len(x), generator=generator).split(config.batch_size):

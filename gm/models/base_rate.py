@@ -31,15 +31,19 @@ class BaseRate(nn.Module):
         super().__init__()
         self.register_buffer("total", torch.zeros(d, dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.first_batch = False    # whether the last update was the first one (not saved)
+        self._seen = False          # whether count > 0 is known (saves a device sync per update)
 
     @torch.no_grad()
     def update(self, x: Tensor, visible_bias: Tensor | None = None) -> None:
         """Add batch x (n, d); on the first batch, start ``visible_bias`` (if given) at the
         logits of that batch's pixel means."""
-        if self.count == 0 and visible_bias is not None:
+        self.first_batch = not self._seen and self.count.item() == 0
+        self._seen = True
+        if self.first_batch and visible_bias is not None:
             visible_bias.copy_(base_rate_logit(x).to(visible_bias.dtype))
-        self.total += x.double().sum(0)
-        self.count += x.shape[0]
+        self.total.add_(x.sum(0, dtype=torch.float64))
+        self.count.add_(x.shape[0])
 
     def mean(self) -> Tensor:
         """(d,) float64 clipped pixel means, 0.5 before any data."""

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gm.optim import Adam, Optimizer
 from gm.base import Budget, Extras, GenerativeModel, LogLikelihood
 from gm.config import Checked, ranged
 from gm.errors import DivergenceError
@@ -109,8 +110,8 @@ class AutoregressiveModel(GenerativeModel):
         """Training objective: mean negative log-likelihood of the minibatch (nats)."""
         return -self.log_prob(x).mean()
 
-    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr,
+    def make_optimizers(self) -> dict[str, Optimizer]:
+        return {"adam": Adam(self.parameters(), lr=self.config.lr,
                                          weight_decay=self.config.weight_decay)}
 
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from gm.optim import Adam, Optimizer
 from gm.base import Extras
 from gm.estimators.parzen import ParzenProxy
 from gm.models.base_rate import BaseRate
@@ -85,8 +86,8 @@ class ChainSampler(ParzenProxy):
         self.base_rate = BaseRate(self.data_dim)
         self.init_parzen_sigma()
 
-    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+    def make_optimizers(self) -> dict[str, Optimizer]:
+        return {"adam": Adam(self.parameters(), lr=self.config.lr)}
 
     def chain_start(self, n: int, generator: torch.Generator):
         """The state of n chains at noise: independent base-rate draws x_0 (n, d)."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from gm.optim import Adam
 from gm.base import Budget, Curve, Extras, GenerativeModel, LogLikelihood
 from gm.config import Checked, ranged
 from gm.models.chains.base import check_finite
@@ -83,7 +84,7 @@ class Diffusion(GenerativeModel):
 
     def make_optimizers(self):
         cfg = self.config
-        return {"adam": torch.optim.Adam(self.parameters(), lr=cfg.lr)}
+        return {"adam": Adam(self.parameters(), lr=cfg.lr)}
 
     def beta(self, t: Tensor) -> Tensor:
         """beta_t = 1 / (T - t + 1) for t in 1..T."""

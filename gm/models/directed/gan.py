@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gm.optim import Adam
 from gm.base import Curve
 from gm.config import ranged
 from gm.models.directed.base import ImplicitConfig, ImplicitGenerator
@@ -55,8 +56,8 @@ class GAN(ImplicitGenerator):
 
     def make_optimizers(self):
         cfg, betas = self.config, (self.config.beta1, 0.999)
-        return {"generator": torch.optim.Adam(self.gen.parameters(), lr=cfg.lr_g, betas=betas),
-                "discriminator": torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=betas)}
+        return {"generator": Adam(self.gen.parameters(), lr=cfg.lr_g, betas=betas),
+                "discriminator": Adam(self.disc.parameters(), lr=cfg.lr_d, betas=betas)}
 
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         n = x.shape[0]

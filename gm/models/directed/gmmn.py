@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gm.optim import Adam
 from gm.base import Curve
 from gm.config import ranged, require
 from gm.models.directed.base import ImplicitConfig, ImplicitGenerator
@@ -84,9 +85,9 @@ class GMMN(ImplicitGenerator):
         return torch.sigmoid(self.decoder(out)) if self.in_code_space else out
 
     def make_optimizers(self):
-        opts = {"gmmn": torch.optim.Adam(self.gen.parameters(), lr=self.config.lr)}
+        opts = {"gmmn": Adam(self.gen.parameters(), lr=self.config.lr)}
         if self.in_code_space:
-            opts["autoencoder"] = torch.optim.Adam([*self.encoder.parameters(),
+            opts["autoencoder"] = Adam([*self.encoder.parameters(),
                                                     *self.decoder.parameters()], lr=self.config.lr)
         return opts
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gm.optim import Adam
 from gm.base import Budget, Curve, GenerativeModel, LogLikelihood
 from gm.config import Checked, ranged, require
 from gm.errors import ConfigError
@@ -111,7 +112,7 @@ class SBN(GenerativeModel):
     # --- training ------------------------------------------------------------------------
     def make_optimizers(self):
         cfg = self.config
-        return {"adam": torch.optim.Adam(self.parameters(), lr=cfg.lr)}
+        return {"adam": Adam(self.parameters(), lr=cfg.lr)}
 
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         if self.config.method == "wake_sleep":

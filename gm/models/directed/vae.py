@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gm.optim import Adam
 from gm.base import Budget, Curve, GenerativeModel, LogLikelihood
 from gm.config import Checked, ranged
 from gm.estimators.decoder_ais import decoder_ais_estimate
@@ -85,7 +86,7 @@ class VAE(GenerativeModel):
 
     # --- training ------------------------------------------------------------------------
     def make_optimizers(self):
-        return {"adam": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+        return {"adam": Adam(self.parameters(), lr=self.config.lr)}
 
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         bound = iwae_bound(self.log_weights(x, self.config.iwae_k, generator)).mean()

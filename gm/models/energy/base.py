@@ -36,6 +36,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor
 
+from gm.optim import SGD, Optimizer
 from gm.base import Budget, GenerativeModel, LogLikelihood
 from gm.config import Checked, ranged
 from gm.errors import ConfigError
@@ -92,9 +93,9 @@ class EnergyModel(GenerativeModel):
         return next(self.parameters()).dtype
 
     # --- training --------------------------------------------------------------------------
-    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def make_optimizers(self) -> dict[str, Optimizer]:
         cfg = self.config
-        return {"sgd": torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        return {"sgd": SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                        weight_decay=cfg.weight_decay)}
 
     @torch.no_grad()
@@ -113,12 +114,11 @@ class EnergyModel(GenerativeModel):
         """n independent starts of a Gibbs chain: draws of the base-rate model, (n, d)."""
         return self.base_rate.sample(n, generator, dtype=self.dtype)
 
-    @torch.no_grad()
     def pcd_chains(self, x: Tensor, steps: int, generator: torch.Generator) -> Tensor:
         """PCD's negative samples: the persistent chains (buffer ``chains``) moved ``steps``
-        Gibbs steps on and kept.  Called after :meth:`observe` (x); on the first update they
-        start at :meth:`chain_start`."""
-        if self.base_rate.count == x.shape[0]:
+        Gibbs steps on and kept.  Called under no_grad after :meth:`observe` (x); on the
+        first update they start at :meth:`chain_start`."""
+        if self.base_rate.first_batch:
             self.chains.copy_(self.chain_start(self.chains.shape[0], generator))
         v = self.gibbs(self.chains, steps, generator)
         self.chains.copy_(v)

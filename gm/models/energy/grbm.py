@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gm.optim import SGD
 from gm.base import Budget, Curve
 from gm.config import ranged
 from gm.estimators.exact import enumerate_log_z
@@ -134,7 +135,7 @@ class GaussianRBM(EnergyModel):
         if cfg.learn_sigma:
             groups.append({"params": [self.log_var], "lr": cfg.lr * cfg.sigma_lr_scale,
                            "weight_decay": 0.0})
-        return {"sgd": torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+        return {"sgd": SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                        weight_decay=cfg.weight_decay)}
 
     @torch.no_grad()

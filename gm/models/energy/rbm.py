@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from gm.base import Budget, Curve
 from gm.config import ranged
 from gm.estimators.exact import enumerate_log_z
+from gm.linalg import addmm, moment_difference
 from gm.models.energy.base import BaseRatePath, CDConfig, EnergyModel
 from gm.ops import bernoulli
 from gm.registry import register
@@ -42,17 +43,18 @@ class RBM(EnergyModel):
         self.W = nn.Parameter(config.init_std * torch.randn(data_dim, config.n_hidden))
         self.b = nn.Parameter(torch.zeros(data_dim))
         self.c = nn.Parameter(torch.zeros(config.n_hidden))
-        self.register_buffer(  # persistent negative chains (PCD), started at the first update
-            "chains", torch.zeros(config.n_chains if config.persistent else 0, data_dim))
+        self.register_buffer(  # PCD's persistent chains: their hidden states, (n_chains, H)
+            "hidden_chains", torch.zeros(config.n_chains if config.persistent else 0,
+                                         config.n_hidden))
 
     # --- conditionals and energies -------------------------------------------------------
     def p_h(self, v: Tensor) -> Tensor:
         """P(h_j = 1 | v), (n, n_hidden)."""
-        return torch.sigmoid(v @ self.W + self.c)
+        return addmm(self.c, v, self.W).sigmoid_()
 
     def p_v(self, h: Tensor) -> Tensor:
         """P(v_i = 1 | h), (n, n_visible)."""
-        return torch.sigmoid(h @ self.W.T + self.b)
+        return addmm(self.b, h, self.W.T).sigmoid_()
 
     def free_energy(self, v: Tensor) -> Tensor:
         """F(v) = -b'v - sum_j softplus(c_j + v'W_j), so p(v) = exp(-F(v)) / Z; (n,).
@@ -68,8 +70,26 @@ class RBM(EnergyModel):
         return v
 
     # --- training ------------------------------------------------------------------------
+    def pcd_chains(self, x: Tensor, steps: int, generator: torch.Generator) -> Tensor:
+        """PCD's negative samples v (n_chains, d): the persistent chains moved ``steps`` Gibbs
+        steps h -> v -> h on from their kept hidden states (buffer ``hidden_chains``), whose
+        last hidden draw is made (with the parameters before the update) in :meth:`fit_step`,
+        as scikit-learn's BernoulliRBM does: 2 products per step instead of 2 + 1.  On the
+        first update the chains start at h ~ P(h | v), v drawn from the base rate."""
+        h = self.hidden_chains
+        if self.base_rate.first_batch:
+            v = self.chain_start(h.shape[0], generator)
+            h = bernoulli(self.p_h(v), generator)
+        for step in range(steps):
+            v = bernoulli(self.p_v(h), generator)
+            if step + 1 < steps:
+                h = bernoulli(self.p_h(v), generator)
+        return v
+
     @torch.no_grad()
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
+        """One CD-k or PCD-k update on x (n, d): 5 products for CD-1 and 6 for PCD-1 (which
+        adds the reconstruction its progress curve reports)."""
         cfg = self.config
         self.observe(x)
         ph_data = self.p_h(x)
@@ -79,12 +99,13 @@ class RBM(EnergyModel):
         else:  # CD-k: the reconstruction is the chain's first half-step
             v_neg = self.gibbs(bernoulli(pv_recon, generator), cfg.cd_k - 1, generator)
         ph_neg = self.p_h(v_neg)
-        recon_error = float(((x - pv_recon) ** 2).sum(1).mean())  # 5 matmuls per CD-1 step
-        n, m = x.shape[0], v_neg.shape[0]
-        # gradient of the negative log-likelihood (descended by the optimiser)
-        self.W.grad = -(x.T @ ph_data / n - v_neg.T @ ph_neg / m)
-        self.b.grad = -(x.mean(0) - v_neg.mean(0))
-        self.c.grad = -(ph_data.mean(0) - ph_neg.mean(0))
+        if cfg.persistent:
+            self.hidden_chains = bernoulli(ph_neg, generator)
+        recon_error = float(torch.dist(x, pv_recon)) ** 2 / x.shape[0]
+        # gradient of the negative log-likelihood, descended by the optimiser
+        self.W.grad = moment_difference(v_neg, ph_neg, x, ph_data)
+        self.b.grad = v_neg.mean(0).sub_(x.mean(0))
+        self.c.grad = ph_neg.mean(0).sub_(ph_data.mean(0))
         self.optimizers()["sgd"].step()
         return {"recon_error": recon_error}
 
@@ -123,27 +144,27 @@ class RBMAnnealingPath(BaseRatePath):
     def __init__(self, rbm: RBM):
         super().__init__(rbm.base_rate_logits())
         self.W, self.b, self.c = (t.detach().double() for t in (rbm.W, rbm.b, rbm.c))
+        self.db = self.b - self.b_a          # (d,): the visible biases' path is b_A + beta db
 
     def base_log_z(self) -> float:
         return float(self.c.numel() * math.log(2.0) + F.softplus(self.b_a).sum())
 
     def log_f(self, v: Tensor, beta: float) -> Tensor:
-        return (v @ ((1 - beta) * self.b_a + beta * self.b)
-                + F.softplus(beta * (v @ self.W + self.c)).sum(1))
+        return v @ (self.b_a + beta * self.db) + F.softplus(beta * (v @ self.W + self.c)).sum(1)
 
     def transition(self, v: Tensor, beta: float, generator: torch.Generator) -> Tensor:
-        return self._move(v @ self.W + self.c, beta, generator)
+        return self._move(torch.addmm(self.c, v, self.W), beta, generator)
 
     def _move(self, act: Tensor, beta: float, generator: torch.Generator) -> Tensor:
         """v -> h -> v' at beta, given the hidden activations act = v W + c (M, H)."""
-        h = bernoulli(torch.sigmoid(beta * act), generator)
-        return bernoulli(torch.sigmoid((1 - beta) * self.b_a + beta * (self.b + h @ self.W.T)),
-                         generator)
+        h = bernoulli(torch.mul(act, beta).sigmoid_(), generator)
+        pv = torch.addmm(torch.add(self.b_a, self.db, alpha=beta), h, self.W.T, alpha=beta)
+        return bernoulli(pv.sigmoid_(), generator)
 
     def ais_step(self, v: Tensor, beta_prev: float, beta: float, generator: torch.Generator,
                  move: bool = True) -> tuple[Tensor, Tensor]:
         """log_f(v, beta) - log_f(v, beta_prev) and the transition at beta, with one v W."""
-        act = v @ self.W + self.c
-        delta = ((beta - beta_prev) * (v @ (self.b - self.b_a))
-                 + (F.softplus(beta * act) - F.softplus(beta_prev * act)).sum(1))
+        act = torch.addmm(self.c, v, self.W)
+        delta = (F.softplus(act * beta) - F.softplus(act * beta_prev)).sum(1)
+        delta = torch.addmv(delta, v, self.db, alpha=beta - beta_prev)
         return delta, self._move(act, beta, generator) if move else v
