@@ -9,6 +9,7 @@ import argparse
 import os
 import statistics
 import time
+from pathlib import Path
 
 # one BLAS/OpenMP thread for numpy (scikit-learn) and torch alike, set before they load
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -72,13 +73,12 @@ def fashion_binary(n: int) -> np.ndarray:
     return (images[:n].reshape(n, -1) >= 128).astype(np.float32)
 
 
-def scratch_project(params: dict, device, keep: str = "") -> "Path":
+def scratch_project(params: dict, device, keep: str = "") -> Path:
     """A scratch copy of the pipeline (Snakefile, dvc.yaml, pipeline/, configs/) with
     ``params`` over the repository's params.yaml and the given device; gm is imported from the
     installed (editable) package.  In ``keep`` when given, else a new temporary folder."""
     import shutil
     import tempfile
-    from pathlib import Path
 
     import yaml
     root = Path(__file__).resolve().parents[1]

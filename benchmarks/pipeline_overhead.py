@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from common import parse, report, scratch_project
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = {   # digits, the default hyperparameters of four quick models, one seed
     "seed": 2016, "seeds": [0], "datasets": {"digits": {}},
     "evaluate": {"ais_chains": 20, "ais_betas": 200, "importance_samples": 200,
