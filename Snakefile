@@ -4,8 +4,8 @@ import os
 import sys
 from pathlib import Path
 from pipeline import code, provenance
-from pipeline.params import (canonical, check_config, evaluate_settings, registered_model, runs,
-                             stage_resources, train_settings)
+from pipeline.params import (canonical, check_config, evaluate_settings, registered_model,
+                             report_dir, runs, stage_resources, train_settings)
 
 configfile: "params.yaml"
 check_config(config, ["params.yaml", *workflow.overwrite_configfiles],
@@ -17,6 +17,7 @@ os.environ["GM_MEMORY_CHECKED"] = "1"  # check_config estimated every run's memo
 RUNS = runs(config)
 DATASETS = sorted({d for d, _, _ in RUNS})
 RUN_DIR = "results/{dataset}/{model}/seed{seed}"
+REPORT = str(report_dir(config))   # reports/, or a profile's own folder inside it
 # results that another runner made with other settings (e.g. `dvc repro` with a value since
 # reverted) record another fingerprint: change their stage's code input, so it reruns (only in
 # the main process: a job on a cluster node parses this file again; a dry run only says so)
@@ -69,9 +70,9 @@ EVALS = expand(RUN_DIR + "/eval.json", zip, dataset=[r[0] for r in RUNS],
 rule all:  # every run's results too: the committed report alone must not look up to date
     input:
         EVALS,
-        "reports/report.md",
-        "reports/report.html",
-        "reports/results.csv",
+        REPORT + "/report.md",
+        REPORT + "/report.html",
+        REPORT + "/results.csv",
 
 
 rule code:  # a fingerprint of the source files of a (stage, model), rewritten when one changes
@@ -136,6 +137,6 @@ rule report:
         expand("results/{dataset}/reference.json", dataset=DATASETS),
         "results/code/report.json",
         "configs/published.csv",
-    output: "reports/report.md", "reports/report.html", "reports/results.csv", "reports/metrics.json", "reports/curves.csv", "reports/pairs.csv", "reports/progress.csv"
+    output: expand(REPORT + "/{f}", f=["report.md", "report.html", "results.csv", "metrics.json", "curves.csv", "pairs.csv", "progress.csv"])
     log: "logs/report.log"
     shell: "python -m pipeline.report 2> {log}"

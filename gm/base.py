@@ -53,6 +53,10 @@ class Budget(Checked):
     exact_chunk: int = ranged(4096, ge=1)      # latent states per block of an exact enumeration
     n_continuations: int = ranged(6, ge=1)     # sequence models: test sequences continued
     batch_size: int = ranged(500, ge=1)        # test examples per evaluation batch
+    test_subset: int = ranged(0, ge=0)         # the estimators whose cost is per test example
+                                               # (RAISE, importance sampling, decoder AIS)
+                                               # score the first test_subset test examples, a
+                                               # fixed subset (0: all); see per_example_cost
 
 
 @dataclass
@@ -215,6 +219,12 @@ class GenerativeModel(nn.Module):
         """Per-example log p(x) (or a labelled bound/proxy) for x of shape (n, data_dim)."""
         raise NotImplementedError
 
+    def per_example_cost(self, budget: Budget) -> bool:
+        """Whether ``log_likelihood`` at this budget runs an estimator whose cost grows per
+        test example (RAISE, importance sampling, decoder AIS): then evaluation scores the
+        first ``budget.test_subset`` test examples only (0: all).  Default: False."""
+        return False
+
     def prepare_evaluation(self, x_val: Tensor, *, generator: torch.Generator,
                            budget: Budget) -> None:
         """Called by evaluation once before ``log_likelihood`` with validation data x_val
@@ -233,8 +243,9 @@ class GenerativeModel(nn.Module):
 
     def validation_estimates(self, x: Tensor, *, generator: torch.Generator,
                              budget: Budget) -> dict[str, LogLikelihood]:
-        """Stochastic estimators run beside an exact ``log_likelihood`` on the same x, so the
-        report can check them against the truth (estimator-validation table). Default: none."""
+        """Stochastic estimators run beside an exact ``log_likelihood`` on the first n examples
+        of its x (x itself, or the first ``budget.test_subset`` test examples), so the report
+        can check them against the truth (estimator-validation table). Default: none."""
         return {}
 
     def extras(self, x: Tensor, *, generator: torch.Generator, budget: Budget,

@@ -3,8 +3,10 @@
 Two results are comparable when they score the same dataset, data view and comparability
 group (:data:`GROUPS`: exact values and estimates of log p(x) together; lower bounds, upper
 bounds and proxies each among themselves).  Their per-example test values
-(``results/D/M/seedS/per_example.npz``, array ``test_log_likelihood`` (n,) in test-split
-order) are then paired by example.
+(``results/D/M/seedS/per_example.npz``: ``test_log_likelihood`` (n,) and ``test_index`` (n,),
+the examples' positions in the test split) are then paired by example, on the examples every
+model of the group scored (:func:`on_common_examples`: an estimator that costs per example may
+score a fixed subset of the test split, budget ``test_subset``).
 
 The mean difference a - b (nats per image) gets a hierarchical bootstrap interval that
 includes seed-to-seed variation (Davison & Hinkley 1997, sec. 3.8, resampling at both
@@ -32,13 +34,14 @@ import numpy as np
 import pandas as pd
 
 from gm.base import KINDS
+from pipeline.record import TEST_INDEX, read_per_example
 
 N_RESAMPLES = 2000          # bootstrap replicates of every comparison
 SEED = 14                   # fixed: the same per-example values give the same report
 LEVEL = 0.95
 CHUNK = 250                 # replicates drawn at once (memory: CHUNK x n test examples)
 PER_EXAMPLE = "per_example.npz"
-COLUMNS = ("dataset", "view", "group", "a", "b", "mean_diff", "low", "high", "significant")
+COLUMNS = ("dataset", "view", "group", "a", "b", "n", "mean_diff", "low", "high", "significant")
 
 # the comparability group of each kind: a bound is never ranked against an estimate
 GROUPS: dict[str, str] = {k: "likelihood" if k in ("exact", "estimate") else k.replace("_", " ")
@@ -79,7 +82,8 @@ def paired(per_example: Mapping[Key, Sequence[np.ndarray]], *, n_resamples: int 
 
     Returns
     -------
-    DataFrame with :data:`COLUMNS`, one row per ordered pair (a, b), a != b: mean_diff =
+    DataFrame with :data:`COLUMNS`, one row per ordered pair (a, b), a != b: n = the test
+    examples paired; mean_diff =
     mean over a's seeds and the examples minus the same of b (nats per image); [low, high] the
     hierarchical bootstrap percentile interval; significant when it excludes 0.  ``attrs``
     records n_resamples, seed and level.
@@ -96,6 +100,8 @@ def paired(per_example: Mapping[Key, Sequence[np.ndarray]], *, n_resamples: int 
             raise ValueError(f"{ds}, {view} view, {group}: per-example values of different "
                              f"lengths {sizes}; every model must score the same test examples")
         n = next(iter(sizes.values())).pop()
+        if n == 0:                 # no test example that every model scored
+            continue
         # one stream per group: a model's comparisons do not depend on other groups
         rng = np.random.default_rng([seed, *map(ord, f"{ds}/{view}/{group}")])
         names = sorted(models)
@@ -112,7 +118,7 @@ def paired(per_example: Mapping[Key, Sequence[np.ndarray]], *, n_resamples: int 
                     continue
                 low, high = np.quantile(reps[a] - reps[b], [tail, 1 - tail])
                 rows.append({"dataset": ds, "view": view, "group": group, "a": a, "b": b,
-                             "mean_diff": point[a] - point[b], "low": float(low),
+                             "n": n, "mean_diff": point[a] - point[b], "low": float(low),
                              "high": float(high), "significant": bool(low > 0 or high < 0)})
     out = pd.DataFrame(rows, columns=list(COLUMNS))
     out.attrs |= {"n_resamples": n_resamples, "seed": seed, "level": level}
@@ -143,10 +149,34 @@ def better_than(pairs: pd.DataFrame) -> dict[tuple[str, str, str, str], list[str
     return out
 
 
-def load(run_dir: Path) -> np.ndarray | None:
-    """Per-example test values (n,) of one run, or None when it has no per_example.npz."""
+def load(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(test_index (n,) int64, per-example test values (n,) float64) of one run, or None when
+    it has no per_example.npz."""
     path = Path(run_dir) / PER_EXAMPLE
     if not path.exists():
         return None
-    with np.load(path) as f:
-        return np.asarray(f["test_log_likelihood"], dtype=np.float64)
+    arrays = read_per_example(path)
+    return arrays[TEST_INDEX], arrays["test_log_likelihood"]
+
+
+def on_common_examples(per_example: Mapping[Key, Sequence[tuple[np.ndarray, np.ndarray]]]
+                       ) -> dict[Key, list[np.ndarray]]:
+    """The input of :func:`paired`: every (dataset, model, view, group) -> per seed, its values
+    on the test examples that every run of its (dataset, view, group) scored, in test-split
+    order.  per_example: key -> per seed, (test_index (n,), values (n,))."""
+    common: dict[tuple[str, str, str], set] = {}
+    for (ds, _, view, group), runs in per_example.items():
+        for index, _ in runs:
+            shared = common.setdefault((ds, view, group), set(index.tolist()))
+            shared &= set(index.tolist())
+    out = {}
+    for (ds, model, view, group), runs in per_example.items():
+        keep = np.array(sorted(common[(ds, view, group)]), dtype=np.int64)
+        out[(ds, model, view, group)] = [_select(index, values, keep) for index, values in runs]
+    return out
+
+
+def _select(index: np.ndarray, values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """values at the test examples ``keep`` (sorted, each present in ``index``)."""
+    order = np.argsort(index, kind="stable")
+    return values[order[np.searchsorted(index[order], keep)]]

@@ -5,7 +5,10 @@
 Reads results/D/M/seedS/{model.pt, train.json}; writes eval.json (a
 :class:`pipeline.record.EvalRecord`, with the resolved ``evaluate:`` settings of run M under
 ``budget``), per_example.npz (:func:`pipeline.record.write_per_example`: the per-example test
-values, in test-split order, for paired comparisons) and samples.png there.  The settings are
+values with their test-split positions, for paired comparisons) and samples.png there.  An
+estimator whose cost is per test example (``GenerativeModel.per_example_cost``: RAISE,
+importance sampling, decoder AIS) scores the first ``test_subset`` test examples when that
+budget is set; the validation estimators always do.  The settings are
 params.yaml ``evaluate:`` with ``models.M.evaluate:`` merged over it; the model sees them as a
 :class:`gm.base.Budget` through its named hooks (``prepare_evaluation``, ``log_likelihood``,
 ``validation_estimates``, ``annealing_path``, ``exact_log_z``, ``extras``).
@@ -86,8 +89,11 @@ def run(args, params) -> None:
     # e.g. a Parzen proxy chooses its width on validation data (a no-op for most models)
     model.prepare_evaluation(torch.as_tensor(view["val"], device=device), generator=g,
                              budget=budget)
-    ll = model.log_likelihood(x_test, generator=g, budget=budget)
-    validation = model.validation_estimates(x_test, generator=g, budget=budget)
+    # estimators whose cost is per test example score a fixed subset: the first test_subset
+    subset = x_test[:budget.test_subset] if budget.test_subset else x_test
+    ll = model.log_likelihood(subset if model.per_example_cost(budget) else x_test,
+                              generator=g, budget=budget)
+    validation = model.validation_estimates(subset, generator=g, budget=budget)
     convergence = None                  # for the report's figure, when scored by AIS
     if cfg.ais_convergence and (path := model.annealing_path()) is not None:
         convergence = ais_convergence_record(model, path, cfg, budget, g)

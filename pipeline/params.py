@@ -29,7 +29,9 @@ from gm.data import dataset_names, dataset_spec
 from gm.errors import ConfigError
 from gm.registry import model_class, model_names
 
-TOP_KEYS = {"seed", "seeds", "device", "datasets", "evaluate", "runs", "models", "resources"}
+TOP_KEYS = {"seed", "seeds", "device", "datasets", "evaluate", "runs", "models", "resources",
+            "report_dir"}
+REPORTS = Path("reports")   # the default report; params ``report_dir`` names a folder inside it
 TRAIN_KEYS = {"epochs", "batch_size", "checkpoint_every"}
 BLOCK_KEYS = ("base", "train", "model", "evaluate")
 RESOURCE_STAGES = ("train", "evaluate")          # the rules whose SLURM requests params set
@@ -106,6 +108,7 @@ def validate(params: dict) -> dict:
         _validate_model_block(name, _mapping(block, f"models.{name}"))
         evaluate_config(params, name)
     _validate_resources(params)
+    report_dir(params)
     runs = params["runs"]
     require(isinstance(runs, list) and len(runs) > 0, "runs",
             "must be a non-empty list of {dataset: D, model: M}")
@@ -122,6 +125,22 @@ def validate(params: dict) -> dict:
         require(key not in seen, where, f"duplicate run {key}")
         seen.add(key)
     return params
+
+
+def report_dir(params: dict) -> Path:
+    """The folder the report is written to: params ``report_dir``, a relative path inside
+    reports/ (e.g. reports/fashion_mnist for a profile's own report, so that it never replaces
+    the default one), else reports/.  Not a rerun trigger of any stage but the report."""
+    value = params.get("report_dir")
+    if value is None:
+        return REPORTS
+    path = Path(str(value))
+    require(isinstance(value, str) and not path.is_absolute() and ".." not in path.parts
+            and path.parts and path.parts[0] == REPORTS.name
+            and all(p.replace("_", "").replace("-", "").isalnum() for p in path.parts),
+            "report_dir", f"must be a folder inside {REPORTS}/ named in letters, digits, _ and "
+            f"- (e.g. {REPORTS}/fashion_mnist), got {value!r}")
+    return path
 
 
 FLOAT32_MAX = 3.4028234663852886e38   # the models compute in float32

@@ -174,7 +174,11 @@ class Validation:
 
     @classmethod
     def of(cls, ll: LogLikelihood, reference: LogLikelihood) -> "Validation":
-        return cls(Estimate.of(ll), reference.method, reference.kind, ll.mean - reference.mean)
+        """``ll`` scored the first n of the reference's examples (all of them, or a budget's
+        ``test_subset``): the difference is taken on those n."""
+        same = reference.values[:ll.values.numel()]
+        return cls(Estimate.of(ll), reference.method, reference.kind,
+                   ll.mean - float(same.mean()))
 
     def to_dict(self) -> dict:
         return self.estimate.to_dict() | {"reference_method": self.reference_method,
@@ -428,13 +432,16 @@ class EvalRecord:
 
 
 PER_EXAMPLE_ARRAYS = ("test_log_likelihood", "lower", "upper")
+TEST_INDEX = "test_index"
 
 
 def write_per_example(path: Path, ll: LogLikelihood) -> None:
     """Write ``ll``'s per-example values atomically: ``test_log_likelihood`` (n,) float64 =
-    ``ll.values`` in the order of the test split, plus ``lower`` and ``upper`` (n,) when
+    ``ll.values``, ``test_index`` (n,) int64 = their positions in the test split (the first n
+    examples: a budget ``test_subset`` scores a prefix), plus ``lower`` and ``upper`` (n,) when
     ``ll.bounds`` holds them (other bounds are not part of the contract)."""
-    arrays = {"test_log_likelihood": ll.values.double().cpu().numpy()}
+    arrays = {"test_log_likelihood": ll.values.double().cpu().numpy(),
+              TEST_INDEX: np.arange(ll.values.numel(), dtype=np.int64)}
     arrays |= {k: ll.bounds[k].double().cpu().numpy() for k in ("lower", "upper")
                if k in ll.bounds}
     with atomic_path(Path(path)) as tmp:
@@ -443,8 +450,9 @@ def write_per_example(path: Path, ll: LogLikelihood) -> None:
 
 
 def read_per_example(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a per_example.npz (name -> (n,) float64), checked; RecordError names
-    the file and the problem."""
+    """The arrays of a per_example.npz (name -> (n,) float64; ``test_index`` (n,) int64,
+    strictly increasing, arange(n) when the file predates it), checked; RecordError names the
+    file and the problem."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -455,10 +463,17 @@ def read_per_example(path: Path) -> dict[str, np.ndarray]:
     if "test_log_likelihood" not in arrays:
         raise RecordError(f"{path}: test_log_likelihood: missing")
     n = arrays["test_log_likelihood"].shape
+    index = arrays.pop(TEST_INDEX, None)
+    if index is None:
+        index = np.arange(n[0] if len(n) == 1 else 0, dtype=np.int64)
+    if (index.dtype != np.int64 or index.shape != n or (index < 0).any()
+            or (np.diff(index) <= 0).any()):
+        raise RecordError(f"{path}: {TEST_INDEX}: expected increasing non-negative int64 of "
+                          f"shape {n}, got {index.dtype} {index.shape}")
     for k, v in arrays.items():
         if k not in PER_EXAMPLE_ARRAYS:
             raise RecordError(f"{path}: {k}: unknown array")
         if v.dtype != np.float64 or v.ndim != 1 or v.shape != n:
             raise RecordError(f"{path}: {k}: expected float64 of shape {n}, got "
                               f"{v.dtype} {v.shape}")
-    return arrays
+    return arrays | {TEST_INDEX: index}

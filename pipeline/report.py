@@ -32,7 +32,6 @@ import pandas as pd
 import gm
 from gm.data import dataset_spec, load_splits
 from gm.estimators.raise_ais import SANDWICH_NOTE
-from gm.errors import ConfigError
 from gm.io import InputError, write_text
 from pipeline import (common, compare, document, legend, plots, provenance, published, swap,
                       tables, tracking)
@@ -42,7 +41,6 @@ from pipeline.common import log
 from pipeline.record import EvalRecord, sample_metrics_from
 from pipeline.tables import DatasetInfo, Summary
 
-OUT = Path("reports")        # the default report; params ``report_dir`` names another folder
 
 GROUP_TITLE = {"likelihood": "log-likelihoods", "lower bound": "lower bounds of log p(x)",
                "upper bound": "upper bounds of log p(x)", "proxy": "proxies (Parzen windows)"}
@@ -140,7 +138,8 @@ def baseline_flags(params: dict) -> dict[str, bool]:
 
 def per_example_values(summaries: list[Summary], evals: list[EvalRecord]
                        ) -> tuple[dict[compare.Key, list[np.ndarray]], dict[tuple, str]]:
-    """(values for :func:`pipeline.compare.paired`, (dataset, model) -> why it is unranked).
+    """(values for :func:`pipeline.compare.paired`, on the test examples every model of a
+    comparison scored; (dataset, model) -> why it is unranked).
 
     A model is ranked only when every seed has per-example values that agree with its
     eval.json (same count, same mean): a missing or stale per_example.npz leaves it out."""
@@ -149,11 +148,12 @@ def per_example_values(summaries: list[Summary], evals: list[EvalRecord]
     for s in summaries:
         arrays = []
         for seed in s.seeds:
-            v = compare.load(common.run_dir(s.dataset, s.model, seed))
+            loaded = compare.load(common.run_dir(s.dataset, s.model, seed))
             est = mean_of[(s.dataset, s.model, seed)]
-            if v is None:
+            if loaded is None:
                 unranked[(s.dataset, s.model)] = f"seed {seed} has no per_example.npz"
                 break
+            index, v = loaded
             if not np.isfinite(v).all():
                 unranked[(s.dataset, s.model)] = f"seed {seed} has non-finite values"
                 break
@@ -162,10 +162,10 @@ def per_example_values(summaries: list[Summary], evals: list[EvalRecord]
                 unranked[(s.dataset, s.model)] = (f"seed {seed}: per_example.npz does not "
                                                   "match eval.json (stale)")
                 break
-            arrays.append(v)
+            arrays.append((index, v))
         else:
             values[(s.dataset, s.model, s.view, s.group)] = arrays
-    return values, unranked
+    return compare.on_common_examples(values), unranked
 
 
 def dataset_info(ds: str, splits=None) -> DatasetInfo:
@@ -279,19 +279,6 @@ def metrics_record(summaries: list[Summary], infos: dict[str, DatasetInfo],
                                  for n in names}
         out.setdefault(s.dataset, {})[s.model] = rec
     return out
-
-
-def report_dir(params: dict) -> Path:
-    """The folder this report is written to: params ``report_dir`` (a relative path inside
-    reports/, e.g. reports/fashion_mnist for a profile's own report), else reports/."""
-    value = params.get("report_dir")
-    if value is None:
-        return OUT
-    path = Path(str(value))
-    if path.is_absolute() or ".." in path.parts or not path.parts or path.parts[0] != OUT.name:
-        raise ConfigError("report_dir", f"must be a relative path inside {OUT}/ (e.g. "
-                          f"{OUT}/fashion_mnist), got {value!r}")
-    return path
 
 
 def data_facts(params: dict, loaded: dict) -> list[dict]:
@@ -417,13 +404,15 @@ def header(params: dict, evals: list[EvalRecord], fingerprint: dict) -> list[tup
               "different tables are not comparable. '95% CI across seeds' is the t-interval of "
               "the mean over seeds, [low, high]."),
         ("p", "Ranks come from paired comparisons: for every two models in one table, the "
-              "mean per-example difference on the same test examples with a hierarchical "
+              "mean per-example difference on the same test examples (those every model of "
+              "the table scored: an estimator that costs per example may score a fixed subset, "
+              "budget test_subset) with a hierarchical "
               f"bootstrap 95% interval ({compare.N_RESAMPLES} resamples, seed {compare.SEED}; "
               "each resample draws each model's seeds and, shared by both models, the test "
               "examples with replacement, so the interval includes seed-to-seed variation). "
               "Rank = 1 + the number of models significantly better (interval excluding 0), "
               "so models whose difference is not significant share a rank. Every pair's "
-              "difference and interval is in reports/pairs.csv."),
+              "difference, interval and number of examples is in pairs.csv."),
     ]
 
 
@@ -605,7 +594,7 @@ def build(params: dict, out: Path) -> list[tuple]:
 def run(args, params) -> None:
     # the runs' deferred MLflow calls (and any kept in an outage) go out from a second process
     # while this one builds the report (the pipeline's last step: both cores at work)
-    target = report_dir(params)
+    target = P.report_dir(params)
     sender = subprocess.Popen([sys.executable, "-m", "pipeline.tracking", "--replay"],
                               stdout=subprocess.DEVNULL)
     with swap.building(target) as out:       # a kill leaves the previous report whole

@@ -165,17 +165,19 @@ def measured_epochs(train: dict) -> int:
 def drivers(method: str, budget: dict, n_test: int, n_val: int) -> dict[str, float]:
     """Each part of an evaluation's cost, as the budget quantity it is proportional to."""
     b = budget
+    per_example = min(n_test, b.get("test_subset") or n_test)   # what RAISE, IS, decoder AIS see
     out = {"test examples": n_test, "samples": b.get("n_samples", 1)}
     ais = {"AIS chains x distributions": b["ais_chains"] * b["ais_betas"],
            "AIS convergence chains x distributions":
                b["ais_chains"] * max(b.get("ais_convergence") or [1]),
-           "test x RAISE chains x distributions": n_test * b["raise_chains"] * b["ais_betas"]}
-    iw = {"test x importance samples": n_test * b["importance_samples"]}
+           "test x RAISE chains x distributions": per_example * b["raise_chains"] * b["ais_betas"]}
+    iw = {"test x importance samples": per_example * b["importance_samples"]}
     parzen = {"Parzen samples": b["parzen_samples"],
               "validation x Parzen samples": n_val * b["parzen_samples"],
               "test x Parzen samples": n_test * b["parzen_samples"]}
     dec = {"test x decoder AIS chains x distributions x leapfrog":
-           n_test * b["decoder_ais_chains"] * b["decoder_ais_betas"] * b["decoder_ais_leapfrog"]}
+           per_example * b["decoder_ais_chains"] * b["decoder_ais_betas"]
+           * b["decoder_ais_leapfrog"]}
     tokens = set(re.split(r"[^a-z]+", method.lower()))
     known = False
     if tokens & {"ais", "raise", "logz"} and "decoder" not in tokens:

@@ -262,12 +262,19 @@ def test_per_example_file_holds_values_and_sandwich(tmp_path):
                                "other": torch.zeros(3)})
     write_per_example(tmp_path / "p.npz", ll)
     arrays = read_per_example(tmp_path / "p.npz")
-    assert set(arrays) == {"test_log_likelihood", "lower", "upper"}
+    assert set(arrays) == {"test_log_likelihood", "test_index", "lower", "upper"}
     assert arrays["test_log_likelihood"].dtype == np.float64
+    np.testing.assert_array_equal(arrays["test_index"], [0, 1, 2])
     np.testing.assert_array_equal(arrays["test_log_likelihood"], [-1.0, -2.0, -3.5])
     np.testing.assert_array_equal(arrays["lower"], [-1.5, -2.5, -4.0])
     write_per_example(tmp_path / "q.npz", LogLikelihood(torch.zeros(2), "exact", "exact"))
-    assert set(read_per_example(tmp_path / "q.npz")) == {"test_log_likelihood"}
+    assert set(read_per_example(tmp_path / "q.npz")) == {"test_log_likelihood", "test_index"}
+    np.savez(tmp_path / "old.npz", test_log_likelihood=np.zeros(2))   # before test_index
+    np.testing.assert_array_equal(read_per_example(tmp_path / "old.npz")["test_index"], [0, 1])
+    for bad in (np.array([1, 0]), np.array([0.0, 1.0]), np.array([0, 1, 2])):
+        np.savez(tmp_path / "idx.npz", test_log_likelihood=np.zeros(2), test_index=bad)
+        with pytest.raises(RecordError, match="test_index: expected increasing"):
+            read_per_example(tmp_path / "idx.npz")
     np.savez(tmp_path / "bad.npz", test_log_likelihood=np.zeros(3, dtype=np.float32))
     with pytest.raises(RecordError, match="test_log_likelihood: expected float64"):
         read_per_example(tmp_path / "bad.npz")
@@ -286,6 +293,7 @@ def test_evaluate_stage_scores_the_mixture_and_writes_per_example_values(workspa
     params = tiny_params(mixture_bernoulli={"train": {"epochs": 15, "batch_size": 250},
                                             "model": {"components": [10, 30, 60]}})
     params["runs"] = [{"dataset": "bars_stripes", "model": "mixture_bernoulli"}]
+    params["evaluate"]["test_subset"] = 120
     write_params(workspace, params)
     for stage in ("classifier", "train", "evaluate"):
         flags = {"dataset": "bars_stripes"}
@@ -297,9 +305,12 @@ def test_evaluate_stage_scores_the_mixture_and_writes_per_example_values(workspa
     arrays = read_per_example(run / "per_example.npz")
     values = arrays["test_log_likelihood"]
     est = record.test_log_likelihood
-    assert (est.kind, est.method) == ("exact", "exact") and set(arrays) == {"test_log_likelihood"}
+    assert (est.kind, est.method) == ("exact", "exact")
+    assert set(arrays) == {"test_log_likelihood", "test_index"}
+    np.testing.assert_array_equal(arrays["test_index"], np.arange(500))
     assert len(values) == est.n == 500 and float(values.mean()) == pytest.approx(est.mean,
                                                                                   rel=1e-12)
+    assert record.budget["test_subset"] == 120   # set, but exact values cost nothing per example
     assert est.info["components"] in (30.0, 60.0)       # 10 components cannot hold 30 images
     assert est.mean > -3.401 - 0.6
     assert record.extras.metrics["components"] == est.info["components"]
@@ -310,3 +321,22 @@ def test_evaluate_stage_scores_the_mixture_and_writes_per_example_values(workspa
     model.prepare_evaluation(torch.tensor(splits.x["val"]), generator=G(0), budget=BUDGET)
     again = model.log_likelihood(torch.tensor(splits.x["test"]), generator=G(0), budget=BUDGET)
     np.testing.assert_allclose(values, again.values.numpy(), rtol=0, atol=1e-12)
+
+
+def test_an_estimator_that_costs_per_example_scores_the_fixed_test_subset(workspace):
+    """Budget test_subset: the VAE's importance sampling (and its validation estimators)
+    score the first 120 test examples, recorded as such; pairing then uses those."""
+    params = tiny_params(vae={"train": {"epochs": 2, "batch_size": 50},
+                              "model": {"hidden": [16], "latent_dim": 2}})
+    params["runs"] = [{"dataset": "bars_stripes", "model": "vae"}]
+    params["evaluate"] |= {"test_subset": 120, "decoder_ais_chains": 1, "decoder_ais_betas": 5}
+    write_params(workspace, params)
+    run_stage(workspace, "classifier", dataset="bars_stripes")
+    for stage in ("train", "evaluate"):
+        run_stage(workspace, stage, dataset="bars_stripes", model="vae", seed=0)
+    run = workspace / "results/bars_stripes/vae/seed0"
+    record = EvalRecord.read(run / "eval.json")
+    arrays = read_per_example(run / "per_example.npz")
+    assert record.test_log_likelihood.n == 120 and record.budget["test_subset"] == 120
+    np.testing.assert_array_equal(arrays["test_index"], np.arange(120))
+    assert {v.estimate.n for v in record.estimator_validation.values()} == {120}

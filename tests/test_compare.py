@@ -114,3 +114,27 @@ def test_the_interval_matches_the_paired_standard_error_for_one_seed():
 def test_different_test_sets_are_refused():
     with pytest.raises(ValueError, match="same test examples"):
         compare.paired({key("a"): [noise(0)], key("b"): [noise(1, n=N - 1)]})
+
+
+def test_models_scored_on_a_test_subset_are_paired_on_the_common_examples():
+    """An estimator that costs per example scores the first m test examples (budget
+    test_subset); the comparison uses exactly the examples every model of the group scored,
+    whatever order the files list them in."""
+    full = noise(8)
+    prefix = np.arange(150)
+    values = {key("all"): [(np.arange(N), full)],
+              key("subset"): [(prefix, full[:150] + 0.5)],
+              key("reversed"): [(np.arange(N)[::-1].copy(), full[::-1] - 0.25)],
+              key("other_ds", ds="bars_stripes"): [(np.arange(7), np.zeros(7))]}
+    common = compare.on_common_examples(values)
+    assert [len(v[0]) for v in common.values()] == [150, 150, 150, 7]
+    np.testing.assert_array_equal(common[key("all")][0], full[:150])
+    np.testing.assert_array_equal(common[key("reversed")][0], full[:150] - 0.25)
+    pairs = compare.paired(common)
+    r = row(pairs, "subset", "all")
+    assert r["n"] == 150 and r["mean_diff"] == pytest.approx(0.5) and r["significant"]
+    assert row(pairs, "all", "reversed")["mean_diff"] == pytest.approx(0.25)
+    # disjoint examples: nothing to pair, nothing ranked against each other
+    apart = compare.on_common_examples({key("a"): [(np.arange(5), np.zeros(5))],
+                                        key("b"): [(np.arange(5, 9), np.ones(4))]})
+    assert compare.paired(apart).empty

@@ -6,7 +6,6 @@ The profile itself (50,000 / 10,000 / 10,000 images, the papers' estimator budge
 """
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
@@ -52,9 +51,10 @@ def test_fashion_profile_is_full_data_at_the_papers_budgets():
         (None, None, None)                     # 50,000 / 10,000 / 10,000
     ev = P.evaluate_config(p)
     assert (ev.ais_chains, ev.ais_betas) == (100, 14500)        # Salakhutdinov & Murray 2008
-    # Burda et al. 2016 use k = 5,000: here 1,000 on all 10,000 test images until k = 5,000
-    # can run on a fixed test subset (the budget has no such field yet; see configs/fashion.yaml)
-    assert ev.importance_samples == 1000 and ev.raise_chains == 0
+    # Burda et al. 2016: k = 5,000; RAISE with one chain; both on a fixed test subset
+    assert ev.importance_samples == 5000 and ev.raise_chains >= 1 and 0 < ev.test_subset < 10000
+    assert P.evaluate_config(p, "dbn").importance_samples == 5000
+    assert str(P.report_dir(p)) == "reports/fashion_mnist"
     assert ev.parzen_samples == 10000                             # Goodfellow et al. 2014
     models = {r["model"] for r in p["runs"]}
     wanted = {"rbm", "rbm_cd10", "dbn", "dbm", "fvsbn", "nade", "made", "sbn", "vae",
@@ -196,10 +196,15 @@ def test_profile_data_from_the_debian_package(tmp_path):
 
 # --- every stage on a slice, with real Snakemake -------------------------------------------
 
-TINY_EVALUATE = {"ais_chains": 8, "ais_betas": 50, "raise_chains": 0, "importance_samples": 8,
+TINY_EVALUATE = {"ais_chains": 8, "ais_betas": 50, "raise_chains": 1, "test_subset": 40,
+                 "importance_samples": 8,
                  "decoder_ais_chains": 1, "decoder_ais_betas": 5, "decoder_ais_leapfrog": 1,
                  "parzen_samples": 200, "ensemble_masks": 2, "bound_samples": 1,
                  "n_samples": 64, "n_bootstrap": 5, "ais_convergence": [10]}
+
+
+# the runs whose headline estimator costs per test example (RAISE, importance sampling)
+PER_EXAMPLE_COST = {"rbm", "rbm_cd10", "dbm", "dbn", "sbn", "vae", "iwae_k5", "iwae_k50"}
 
 
 def slice_override(config: dict) -> dict:
@@ -219,7 +224,8 @@ def slice_override(config: dict) -> dict:
             model["sample_steps"] = 5
         out = {"train": train, "model": model}
         if "evaluate" in block:
-            out["evaluate"] = {k: TINY_EVALUATE.get(k, v) for k, v in block["evaluate"].items()}
+            out["evaluate"] = {k: v if k == "raise_chains" else TINY_EVALUATE.get(k, v)
+                               for k, v in block["evaluate"].items()}   # conv_rbm: no RAISE
         models[name] = out
     return {"datasets": {"fashion_mnist": dict(config["datasets"]["fashion_mnist"],
                                                max_train=500, max_val=100, max_test=100)},
@@ -247,7 +253,8 @@ def test_fashion_profile_end_to_end_on_a_slice(tmp_path):
         d = path / "results/fashion_mnist" / run_["model"] / "seed0"
         ev = json.loads((d / "eval.json").read_text())
         assert np.isfinite(ev["test_log_likelihood"]["mean"]), run_["model"]
-        assert ev["test_log_likelihood"]["n"] == 100
+        per_example = run_["model"] in PER_EXAMPLE_COST   # scored on the test subset
+        assert ev["test_log_likelihood"]["n"] == (40 if per_example else 100), run_["model"]
         for stage in ("train.json", "eval.json"):
             cost = json.loads((d / stage).read_text()).get("cost")
             assert cost is None or {"wall_seconds", "cpu_seconds", "peak_rss_mb"} <= set(cost)
@@ -305,9 +312,9 @@ def test_a_report_rebuilt_keeps_the_reports_of_other_profiles(tmp_path, monkeypa
     assert (tmp_path / "reports/fashion_mnist/report.md").read_text() == "fashion\n"
     assert (tmp_path / "reports/report.md").read_text() == "default\n"
     assert not (tmp_path / "reports/old.md").exists()
-    for bad in ("/tmp/x", "reports/../x", "results/x"):
+    for bad in ("/tmp/x", "reports/../x", "results/x", "reports/a.building", "", 3):
         with pytest.raises(ConfigError, match="report_dir"):
-            report.report_dir({"report_dir": bad})
-    assert report.report_dir({}) == Path("reports")
-    assert report.report_dir({"report_dir": "reports/fashion_mnist"}) == nested.relative_to(
+            P.report_dir({"report_dir": bad})
+    assert P.report_dir({}) == Path("reports")
+    assert P.report_dir({"report_dir": "reports/fashion_mnist"}) == nested.relative_to(
         tmp_path)

@@ -41,3 +41,21 @@ def test_prior_proposal_bound_is_below_and_rises_with_k():
     assert torch.all(means[1] < means[10]) and torch.all(means[10] < means[100])
     assert torch.all(means[10] < EXACT) and torch.all(means[100] < EXACT + 3 * se[100])
     assert torch.allclose(means[5000], EXACT, atol=0.05)
+
+
+def test_examples_go_in_batches_when_samples_times_examples_exceed_the_row_cap():
+    """No call sees more than `rows` (sample, example) rows, and every example's bound uses
+    its own k samples: with a deterministic proposal the batched and unbatched values agree."""
+    x = torch.linspace(-3, 3, 50)
+    seen = []
+
+    def lw(xb, m):
+        seen.append(m * xb.shape[0])
+        z = (xb / 2).expand(m, -1)          # the exact posterior mean: weights constant in z
+        return log_normal(xb, z, 1.0) + log_normal(z, 0.0, 1.0) - log_normal(z, xb / 2, 0.5)
+    whole = importance_log_likelihood(x, lw, 30, chunk=7)
+    assert max(seen) == 7 * 50
+    seen.clear()
+    batched = importance_log_likelihood(x, lw, 30, chunk=7, rows=60)
+    assert max(seen) <= 60 and sum(seen) == 30 * 50
+    torch.testing.assert_close(batched, whole)

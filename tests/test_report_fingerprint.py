@@ -10,12 +10,19 @@ import pytest
 
 from conftest import ROOT
 from gm.data import dataset_spec
+from gm.data.fashion_mnist import DEBIAN_DIR
 from pipeline import params as P
 from pipeline import provenance
 
 
-def tree_fingerprint(tmp_path) -> dict:
-    params = P.load(ROOT / "params.yaml")
+PROFILES = {   # committed report folder -> the params files that made it
+    "reports": ["params.yaml"],
+    "reports/fashion_mnist": ["params.yaml", "configs/fashion.yaml"],
+}
+
+
+def tree_fingerprint(tmp_path, files=("params.yaml",)) -> dict:
+    params = P.load([ROOT / f for f in files])
     checksums = {}
     for ds in sorted({d for d, _, _ in P.runs(params)}):
         spec, raw = dataset_spec(ds), tmp_path / ds
@@ -24,16 +31,24 @@ def tree_fingerprint(tmp_path) -> dict:
     return provenance.report_fingerprint(params, checksums)
 
 
-def test_committed_report_matches_the_tree(tmp_path, monkeypatch):
-    metrics = ROOT / "reports" / "metrics.json"
+@pytest.mark.parametrize("folder", PROFILES)
+def test_committed_report_matches_the_tree(folder, tmp_path, monkeypatch):
+    metrics = ROOT / folder / "metrics.json"
     if not metrics.exists():
-        pytest.skip("no committed report in this checkout")
+        pytest.skip(f"no committed report in {folder}/ in this checkout")
+    files = PROFILES[folder]
+    params = P.load([ROOT / f for f in files])
+    assert str(P.report_dir(params)) == folder
+    if "fashion_mnist" in params["datasets"] and not DEBIAN_DIR.is_dir():
+        pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
     monkeypatch.chdir(ROOT)
     recorded = json.loads(metrics.read_text())["fingerprint"]
-    expected = tree_fingerprint(tmp_path)
+    expected = tree_fingerprint(tmp_path, files)
     stale = [part for part in ("code", "params", "data") if recorded[part] != expected[part]]
-    assert not stale, (f"reports/ was made from other {', '.join(stale)} than this tree: rerun "
-                       "`snakemake --cores 8` and commit reports/ with the change")
+    flags = " ".join(f"--configfile {f}" for f in files[1:])
+    assert not stale, (f"{folder}/ was made from other {', '.join(stale)} than this tree: "
+                       f"rerun `snakemake --cores 8 {flags}`".rstrip() + f" and commit {folder}/ "
+                       "with the change")
     assert recorded["sha256"] == expected["sha256"]
 
 

@@ -21,6 +21,7 @@ import gm
 from conftest import ROOT
 from gm.data import dataset_spec, load_splits
 from pipeline import classifier, common, compare, figures, report, swap
+from pipeline import params as P
 from pipeline.record import Bounds, Estimate, EvalRecord, Side, Timing, sample_metrics_from
 
 CHROMIUM = shutil.which("chromium")
@@ -164,7 +165,7 @@ def built(tmp_path_factory):
             splits = load_splits(common.processed_path(ds))
             for seed in SEEDS:
                 write_run(ds, model, seed, len(splits.x["test"]), splits.image_shape)
-        with swap.building(report.OUT) as out:
+        with swap.building(P.REPORTS) as out:
             report.render(report.build(p, out), out)
     return root
 

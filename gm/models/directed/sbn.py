@@ -184,6 +184,9 @@ class SBN(GenerativeModel):
         return LogLikelihood(values, "iwae" if k > 1 else "elbo", "lower_bound",
                              info={"importance_samples": k})
 
+    def per_example_cost(self, budget: Budget) -> bool:
+        return self.latent_bits > budget.exact_max_bits     # importance sampling
+
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
                        budget: Budget) -> LogLikelihood:

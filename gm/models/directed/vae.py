@@ -112,6 +112,9 @@ class VAE(GenerativeModel):
         return LogLikelihood(values, "iwae" if k > 1 else "elbo", "lower_bound",
                              info={"importance_samples": k})
 
+    def per_example_cost(self, budget: Budget) -> bool:
+        return True                     # importance sampling, k samples per example
+
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
                        budget: Budget) -> LogLikelihood:

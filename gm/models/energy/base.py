@@ -235,6 +235,9 @@ class EnergyModel(GenerativeModel):
                              bounds={} if lower is None else {"lower": lower},
                              info={**info, **log_z_info})
 
+    def per_example_cost(self, budget: Budget) -> bool:
+        return budget.raise_chains > 0  # RAISE: reverse chains per test example
+
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
                        budget: Budget) -> LogLikelihood:

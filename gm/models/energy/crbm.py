@@ -202,6 +202,9 @@ class CRBM(EnergyModel):
                  "mean_log_z_stderr": float(se.mean())}
         return LogLikelihood(values, "ais", "estimate", info=info)
 
+    def per_example_cost(self, budget: Budget) -> bool:
+        return self.config.n_hidden > budget.exact_max_bits   # AIS per conditional
+
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
                        budget: Budget) -> LogLikelihood:
         """Per sequence (n,): the MEAN over frames t = N..T-1 of log p(v_t | v_{t-N..t-1}),

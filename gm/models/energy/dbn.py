@@ -117,6 +117,9 @@ class DBN(GenerativeModel):
         return log_w - top.free_energy(x.reshape(-1, x.shape[-1])).reshape(x.shape[:2]).double() \
             - log_z_top
 
+    def per_example_cost(self, budget: Budget) -> bool:
+        return True                     # importance sampling, k samples per example
+
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
                        budget: Budget) -> LogLikelihood:
