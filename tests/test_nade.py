@@ -39,3 +39,23 @@ def test_weights_are_shared_across_positions():
     d, H = 10, 7
     model = gm.build("nade", d, n_hidden=H)
     assert model.n_parameters() == 2 * d * H + H + d
+
+
+@pytest.mark.parametrize("name", ["nade", "fvsbn"])
+def test_test_set_is_scored_in_batches_with_the_same_values(name):
+    """log_likelihood and the completion extra go budget.batch_size examples at a time (NADE's
+    (d, n, H) activations would hold 16 GB for 10,000 28x28 test images): per-example values
+    do not depend on the batch size."""
+    from gm.base import Budget
+    torch.manual_seed(0)
+    model = gm.build(name, 12, **({"n_hidden": 9} if name == "nade" else {})).double()
+    x = (torch.rand(23, 12, generator=torch.Generator().manual_seed(2)) < 0.5).double()
+    out = {}
+    for size in (5, 500):
+        budget = Budget(batch_size=size)
+        ll = model.log_likelihood(x, generator=torch.Generator().manual_seed(0), budget=budget)
+        extra = model.extras(x, generator=torch.Generator().manual_seed(0), budget=budget)
+        out[size] = (ll.values, extra.metrics["log_p_second_half_given_first"])
+    torch.testing.assert_close(out[5][0], out[500][0], rtol=1e-12, atol=1e-12)
+    assert out[5][0].shape == (23,)
+    assert out[5][1] == pytest.approx(out[500][1], rel=1e-12)

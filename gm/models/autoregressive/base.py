@@ -128,8 +128,10 @@ class AutoregressiveModel(GenerativeModel):
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator,
                        budget: Budget) -> LogLikelihood:
-        """Exact: the sum of the d normalised conditionals (no estimator, budget unused)."""
-        return LogLikelihood(self.log_prob(x), "exact", "exact")
+        """Exact: the sum of the d normalised conditionals, budget.batch_size examples at a
+        time (NADE holds (d, batch, H) activations: 16 GB for 10,000 28x28 images at H=500)."""
+        return LogLikelihood(torch.cat([self.log_prob(xb) for xb in x.split(budget.batch_size)]),
+                             "exact", "exact")
 
 
 class OrderedBernoulliAR(AutoregressiveModel):
@@ -187,13 +189,16 @@ class OrderedBernoulliAR(AutoregressiveModel):
         """
         half = self.data_dim // 2
         xo = x[:, self.order]
-        lp = -F.binary_cross_entropy_with_logits(self.ordered_logits(xo), xo, reduction="none")
+        second = torch.cat([    # log p(xo_{d/2:} | xo_{:d/2}) per example, in batches
+            -F.binary_cross_entropy_with_logits(self.ordered_logits(xb), xb,
+                                                reduction="none")[:, half:].sum(1)
+            for xb in xo.split(budget.batch_size)])
         k = min(8, x.shape[0])
         filled = sample_in_order(self.ordered_logits, k, self.data_dim, generator,
                                  device=x.device, dtype=x.dtype, given=xo[:k, :half])
         completed = torch.empty_like(filled)
         completed[:, self.order] = filled
-        return Extras(metrics={"log_p_second_half_given_first": float(lp[:, half:].sum(1).mean())},
+        return Extras(metrics={"log_p_second_half_given_first": float(second.mean())},
                       images={"completions": torch.cat([x[:k], completed])})
 
 
