@@ -91,9 +91,11 @@ def test_paper_profile_asks_each_model_for_its_gpu_runtime_and_memory(tmp_path):
         assert want == P.stage_resources(P.validate(copy.deepcopy(params)), wc["model"], rule)
         seen[rule].add((wc["dataset"], wc["model"]))
     assert seen["train"] == seen["evaluate"] == expected_runs
-    # the paper's long trainings get more than the old flat 120 minutes
+    # sized per model, not one flat limit: the paper's 3,280-epoch VAE gets more than the old
+    # flat 120 minutes, and the runtimes differ from model to model
     assert implied(params, "vae", "train")["runtime"] > 120
-    assert implied(params, "rbm", "train")["runtime"] > 120
+    runtimes = {implied(params, m, "train")["runtime"] for _, m in expected_runs}
+    assert len(runtimes) > len(expected_runs) // 2
 
 
 def test_default_cpu_params_ask_for_no_gpu_and_the_old_limits(tmp_path):
