@@ -14,7 +14,9 @@
 # costs are upper bounds), GM_STAGES_SECONDS (one time guard for everything, default 480),
 # OUT (where the summary and stages.tar.gz go, default /tmp/gm-cuda-stages).
 # Writes $OUT/summary.txt (one line per stage: exit status and cost) and $OUT/stages.tar.gz
-# (results/*/*/seed*/{train,eval}.json and logs/).  Exit status: 0 when every stage passed.
+# (results/*/*/seed*/{train,eval}.json and logs/).  Exit status: 0 when every stage passed; 2
+# before any stage for bad params, or for `device: cuda` where torch sees no CUDA device (the
+# stages would fall back to the CPU, and their costs would not be the GPU's).
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,6 +52,11 @@ try:
     p = P.load(P.files('$GM_PARAMS'))
 except GmError as err:
     sys.exit(P.error_line(err, '$GM_PARAMS'))
+if str(p.get('device', 'auto')).startswith('cuda'):   # the stages would fall back to the CPU
+    import torch                                       # and their costs would be the CPU's
+    if not torch.cuda.is_available():
+        sys.exit(f\"error: $GM_PARAMS: device: {p['device']}, but torch sees no CUDA device \"
+                 \"(run this on a GPU machine, or set device: cpu)\")
 print('\n'.join(f'{d} {m} {s}' for d, m, s in P.runs(p)))")" || exit 2
 status=0
 for ds in $(echo "$RUNS" | cut -d' ' -f1 | sort -u); do

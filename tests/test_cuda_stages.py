@@ -56,3 +56,18 @@ def test_bad_params_stop_the_script_before_any_stage_with_one_line(tmp_path):
             check=False, env={"PYTHON": sys.executable, "OUT": str(tmp_path / "out")})
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "models.rbm.model.n_hidden" in p.stderr and not (path / "results").exists()
+
+
+def test_cuda_asked_without_a_cuda_device_stops_before_any_stage(tmp_path):
+    """The stages fall back to the CPU (with a warning) when CUDA is missing; here that would
+    record CPU costs as GPU ones, so the script refuses with one line before any stage."""
+    path = make_project(tmp_path / "proj", tiny_params())
+    (path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts/cuda_stages.sh", path / "scripts")
+    (path / "device.yaml").write_text(yaml.safe_dump({"device": "cuda"}))
+    p = run(["bash", "scripts/cuda_stages.sh", "params.yaml", "device.yaml"], path, timeout=300,
+            check=False, env={"PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
+                              "CUDA_VISIBLE_DEVICES": ""})
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "torch sees no CUDA device" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (path / "results").exists()

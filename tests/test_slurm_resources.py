@@ -415,3 +415,20 @@ def test_start_up_does_not_grow_with_epochs_and_data(tmp_path):
     ratio = (3280 / 4) * (50000 / 2000)
     assert out["vae"]["train"]["runtime"] == math.ceil(20 / 60 * (0.4 + 0.6 * ratio) * 2)
     assert D.scaled_share({"wall_seconds": 5.0}, 7.0) == 7.0     # no split: all of it grows
+
+
+def test_per_example_drivers_count_only_the_test_subset():
+    """RAISE, importance sampling and decoder AIS score budget test_subset examples (when set):
+    their cost drivers count those, the other drivers the whole test split."""
+    budget = {"ais_chains": 100, "ais_betas": 1000, "raise_chains": 2, "importance_samples": 50,
+              "parzen_samples": 100, "decoder_ais_chains": 1, "decoder_ais_betas": 10,
+              "decoder_ais_leapfrog": 2, "n_samples": 10}
+    whole = D.drivers("ais", budget, 10000, 1000)
+    cut = D.drivers("ais", budget | {"test_subset": 500}, 10000, 1000)
+    assert whole["test x RAISE chains x distributions"] == 10000 * 2 * 1000
+    assert cut["test x RAISE chains x distributions"] == 500 * 2 * 1000
+    assert cut["test examples"] == whole["test examples"] == 10000
+    iw = D.drivers("iwae", budget | {"test_subset": 500}, 10000, 1000)
+    assert iw["test x importance samples"] == 500 * 50
+    big = D.drivers("iwae", budget | {"test_subset": 50000}, 10000, 1000)   # larger than test
+    assert big["test x importance samples"] == 10000 * 50
