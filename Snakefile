@@ -45,7 +45,7 @@ onerror:  # with --keep-going: report what finished and mark what failed
 # Rerun triggers: the values a stage reads, in a canonical (key-sorted) form, so reordering
 # params.yaml reruns nothing; train never depends on evaluation settings.
 def train_params(w):
-    return canonical(train_settings(config, w.model))
+    return canonical(train_settings(config, w.model, w.dataset))   # with the run's tuned values
 
 
 def evaluate_params(w):

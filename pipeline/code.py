@@ -150,6 +150,28 @@ def registered_model(params_files: list[str], run_name: str) -> str:
     return base
 
 
+def tuned_hashes(params_files: list[str], run_name: str) -> dict[str, str]:
+    """dataset -> sha256 of the ``train:`` and ``model:`` values of run ``run_name``'s tuned file
+    (<params tuned>/<dataset>/<run>.yaml, see pipeline.params.tuned_block) where one exists.
+    The train stage's fingerprint file carries them, so that ``dvc repro`` (code stages
+    always run there) retrains exactly the runs whose tuned values changed."""
+    import yaml
+    merged: dict = {}
+    for f in params_files:
+        merged |= yaml.safe_load(Path(f).read_text()) or {}   # top level: as the runners merge
+    if not merged.get("tuned"):
+        return {}
+    out = {}
+    for ds in dict.fromkeys(r.get("dataset") for r in merged.get("runs") or []
+                            if isinstance(r, dict) and r.get("model") == run_name):
+        path = Path(merged["tuned"]) / str(ds) / f"{run_name}.yaml"
+        if path.is_file():
+            block = yaml.safe_load(path.read_text()) or {}
+            values = {k: block.get(k) for k in ("train", "model")} if isinstance(block, dict) else block
+            out[str(ds)] = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+    return out
+
+
 def output_path(stage: str, model: str | None) -> Path:
     return OUT / (f"{model}.{stage}.json" if model else f"{stage}.json")
 
@@ -167,6 +189,8 @@ def main(argv=None) -> int:
     registered = registered_model(args.params, args.model) if args.model else None
     record = {"stage": args.stage, "model": args.model, "registered": registered,
               **fingerprint(stage_paths(args.stage, registered))}
+    if args.stage == "train":   # DVC cannot name a file that may not exist as a param: this
+        record["tuned"] = tuned_hashes(args.params, args.model)   # file changes instead
     out = output_path(args.stage, args.model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import threading
@@ -40,7 +41,7 @@ def machine_memory() -> int:
     return total
 
 
-BUILD_SECONDS = 5.0  # a model that takes longer to build on the meta device is absurdly large
+BUILD_SECONDS = 5.0  # a model whose meta build takes more CPU than this is absurdly large
 
 
 class _TooSlow(BaseException):
@@ -49,10 +50,11 @@ class _TooSlow(BaseException):
 
 @contextlib.contextmanager
 def _time_limit(seconds: float):
-    """Raise _TooSlow in the block after ``seconds`` (SIGALRM; only in the main thread and
-    when no other timer is running, else no limit)."""
+    """Raise _TooSlow in the block after ``seconds`` of this process's CPU time (ITIMER_PROF:
+    a loaded machine's wall clock would refuse a normal model; only in the main thread and
+    when no other profiling timer is running, else no limit)."""
     usable = (os.name == "posix" and threading.current_thread() is threading.main_thread()
-              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+              and signal.getitimer(signal.ITIMER_PROF)[0] == 0)
     if not usable:
         yield
         return
@@ -60,13 +62,26 @@ def _time_limit(seconds: float):
     def stop(signum, frame):
         raise _TooSlow
 
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous = signal.signal(signal.SIGPROF, stop)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
+
+
+@functools.cache
+def _warm(registered: str, data_dim: int) -> None:
+    """Build ``registered``'s default config once on the meta device, untimed: the first build
+    pays one-off costs (lazy imports, kernel registration) that are not the model's size."""
+    import torch
+    cls = model_class(registered)
+    try:
+        with torch.device("meta"), _values_skipped():
+            cls(data_dim, make_config(cls.Config, {}))
+    except Exception:  # noqa: BLE001 - a default that does not fit data_dim: nothing warmed
+        pass
 
 
 def memory_estimate(registered: str, data_dim: int, hparams: dict) -> tuple[int, int] | None:
@@ -75,11 +90,13 @@ def memory_estimate(registered: str, data_dim: int, hparams: dict) -> tuple[int,
     TRAINING_COPIES (value, gradient, two Adam moments), plus its buffers; activations are not
     counted.  None when it cannot be built there (a config that does not fit ``data_dim``,
     or a model that reads values while it builds, e.g. MADE's masks).  Raises _TooSlow when
-    the build takes over BUILD_SECONDS (e.g. a million layers: Python objects, not tensors)."""
+    the build takes over BUILD_SECONDS of CPU (e.g. a million layers: Python objects, not
+    tensors), after an untimed warm-up build of the model's defaults (:func:`_warm`)."""
     import torch
     cls = model_class(registered)   # imports every model module outside the meta context, so
     try:                            # no module-level tensor is created on the meta device
         config = make_config(cls.Config, hparams)
+        _warm(registered, data_dim)
         with _time_limit(BUILD_SECONDS), torch.device("meta"), _values_skipped():
             model = cls(data_dim, config)
     except Exception:  # noqa: BLE001 - any failure means: cannot estimate here
@@ -150,14 +167,14 @@ def check_memory(params: dict, pairs: list[tuple[str, str]] | None = None) -> No
         pairs = list(dict.fromkeys((r["dataset"], r["model"]) for r in params["runs"]))
     limit = machine_memory()
     for ds, name in pairs:
-        settings = train_settings(params, name)
+        settings = train_settings(params, name, ds)
         registered, block = settings["base"], settings["model"]
         dim = data_dim_of(common.processed_path(ds))
         try:
             estimate, problem = memory_estimate(registered, dim or 1, block), None
         except _TooSlow:
             estimate, problem = None, (f"is absurdly large: building the model alone (without "
-                                       f"its tensors) takes over {BUILD_SECONDS:g} s")
+                                       f"its tensors) takes over {BUILD_SECONDS:g} s of CPU")
         if estimate is not None and estimate[0] > limit:
             need, n = estimate
             problem = (f"needs {'' if dim else 'at least '}{_gib(need)} of memory to train on "

@@ -30,7 +30,8 @@ from gm.errors import ConfigError
 from gm.registry import model_class, model_names
 
 TOP_KEYS = {"seed", "seeds", "device", "datasets", "evaluate", "runs", "models", "resources",
-            "report_dir"}
+            "report_dir", "tuned"}
+TUNED_KEYS = {"train", "model", "study"}   # a tuned file: what it sets, and how it was found
 REPORTS = Path("reports")   # the default report; params ``report_dir`` names a folder inside it
 TRAIN_KEYS = {"epochs", "batch_size", "checkpoint_every"}
 BLOCK_KEYS = ("base", "train", "model", "evaluate")
@@ -109,6 +110,7 @@ def validate(params: dict) -> dict:
         evaluate_config(params, name)
     _validate_resources(params)
     report_dir(params)
+    tuned_dir(params)
     runs = params["runs"]
     require(isinstance(runs, list) and len(runs) > 0, "runs",
             "must be a non-empty list of {dataset: D, model: M}")
@@ -124,7 +126,65 @@ def validate(params: dict) -> dict:
         key = (run["dataset"], run["model"])
         require(key not in seen, where, f"duplicate run {key}")
         seen.add(key)
+        _validate_tuned(params, *key)
     return params
+
+
+def tuned_dir(params: dict) -> Path | None:
+    """params ``tuned``: the folder of tuned configurations (configs/tuned in the default
+    params.yaml), or None (off).  Not a rerun trigger itself: the values it holds are."""
+    value = params.get("tuned")
+    if value is None:
+        return None
+    require(isinstance(value, str) and value and not Path(value).is_absolute()
+            and ".." not in Path(value).parts, "tuned",
+            f"must be a folder relative to the repository (e.g. configs/tuned) or null, "
+            f"got {value!r}")
+    return Path(value)
+
+
+def tuned_path(params: dict, dataset: str, name: str) -> Path | None:
+    """The tuned configuration file of run (``dataset``, ``name``): <tuned>/<dataset>/<name>.yaml,
+    written by the tune stage (pipeline/tune.py); None when params set no ``tuned`` folder."""
+    folder = tuned_dir(params)
+    return None if folder is None else folder / dataset / f"{name}.yaml"
+
+
+def tuned_block(params: dict, dataset: str, name: str) -> dict:
+    """``{"train": {...}, "model": {...}}`` that the tune stage chose for run (dataset, name),
+    merged over ``models.<name>`` for this dataset's runs only; {} when there is none."""
+    path = tuned_path(params, dataset, name)
+    if path is None or not path.is_file():
+        return {}
+    block = read_yaml(path) or {}
+    if not isinstance(block, dict):
+        raise ConfigError(str(path), "expected a mapping with train: and model:",
+                          "rerun `snakemake --cores 8 tune`, or delete the file")
+    return {k: block[k] for k in ("train", "model") if block.get(k)}
+
+
+def _validate_tuned(params: dict, dataset: str, name: str) -> None:
+    """A tuned file of a run: known keys, train settings and model fields that build."""
+    path = tuned_path(params, dataset, name)
+    if path is None or not path.is_file():
+        return
+    block = read_yaml(path) or {}
+    where = str(path)
+    require(isinstance(block, dict), where, "expected a mapping with train: and model:")
+    for key in block:
+        require(key in TUNED_KEYS, f"{where}: {key}",
+                "unknown key (known: " + ", ".join(sorted(TUNED_KEYS)) + ")")
+    _check_numbers({k: block.get(k) for k in ("train", "model")}, where)
+    settings = train_settings(params, name, dataset)
+    for key, value in _mapping(block.get("train"), f"{where}: train").items():
+        require(key in TRAIN_KEYS, f"{where}: train.{key}",
+                "unknown key (known: " + ", ".join(sorted(TRAIN_KEYS)) + ")")
+        require(_is_int(value) and value >= (0 if key == "checkpoint_every" else 1),
+                f"{where}: train.{key}", f"must be a positive integer, got {value!r}")
+    try:
+        make_config(model_class(settings["base"]).Config, settings["model"])
+    except ConfigError as err:
+        raise prefixed(err, f"{where}: model") from None
 
 
 def report_dir(params: dict) -> Path:
@@ -428,12 +488,15 @@ def check_config(config: dict, paths, *, memory: bool = True) -> None:
         raise SystemExit(2) from None
 
 
-def train_settings(params: dict, model: str) -> dict:
-    """What the train stage of run name ``model`` depends on: its ``base`` (a variant's
-    registered model), ``train:`` and ``model:`` blocks; never its ``evaluate:`` overrides."""
+def train_settings(params: dict, model: str, dataset: str) -> dict:
+    """What the train stage of run name ``model`` on ``dataset`` depends on: its ``base`` (a
+    variant's registered model), ``train:`` and ``model:`` blocks with the run's tuned values
+    (:func:`tuned_block`) merged over them field by field; never its ``evaluate:`` overrides."""
     block = params["models"][model] or {}
-    return {"base": registered_model(params, model), "train": block.get("train") or {},
-            "model": block.get("model") or {}}
+    tuned = tuned_block(params, dataset, model)
+    return {"base": registered_model(params, model),
+            "train": (block.get("train") or {}) | tuned.get("train", {}),
+            "model": (block.get("model") or {}) | tuned.get("model", {})}
 
 
 def canonical(value) -> str:

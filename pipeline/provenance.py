@@ -34,7 +34,7 @@ def digest(value) -> str:
 
 def train_params(params: dict, dataset: str, name: str, seed: int) -> dict:
     """What a training run's numbers depend on besides code and data."""
-    return {"settings": P.train_settings(params, name), "root_seed": params["seed"],
+    return {"settings": P.train_settings(params, name, dataset), "root_seed": params["seed"],
             "seed": seed, "dataset": dataset,
             "dataset_options": params["datasets"].get(dataset) or {}}
 
@@ -96,6 +96,10 @@ def report_fingerprint(params: dict, data_checksums: dict[str, str]) -> dict:
         for name in runs for stage in ("train", "evaluate")}
     stages["report"] = code.fingerprint(code.stage_paths("report"))["sha256"]
     inputs = {k: v for k, v in params.items() if k != "resources"}   # scheduling hints only
+    tuned = {f"{ds}/{name}": block for ds, name in sorted({(d, n) for d, n, _ in P.runs(params)})
+             if (block := P.tuned_block(params, ds, name))}
+    if tuned:   # the values of the tuned files the runs merged (params names only their folder)
+        inputs["tuned_settings"] = tuned
     return _joint({"params": digest(inputs), "code": digest(stages),
                    "data": digest(dict(sorted(data_checksums.items())))})
 

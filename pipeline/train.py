@@ -111,7 +111,7 @@ def code_fingerprint(name: str) -> dict[str, str]:
 def run(args, params) -> None:
     started = int(time.time() * 1000)           # the MLflow run's real start time
     ds, name, seed = args.dataset, args.model, args.seed
-    block = P.train_settings(params, name)          # base, train, model: never evaluate
+    block = P.train_settings(params, name, ds)      # base, train, model (tuned): never evaluate
     registered = P.registered_model(params, name)   # a variant's base, else name
     device = common.device_of(params)
     out = common.run_dir(ds, name, seed)

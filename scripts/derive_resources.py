@@ -224,6 +224,11 @@ def differing(measured: dict, target: dict, prefix="") -> list[str]:
     return out
 
 
+def _first_dataset(params: dict, name: str) -> str:
+    """The first dataset run ``name`` trains on (its tuned values are per dataset)."""
+    return next(ds for ds, n, _ in P.runs(params) if n == name)
+
+
 def _measurements(measured_params: dict, results: Path, notes: list[str]) -> dict:
     """{stage: {run name: [(dataset, record)]}}: the train.json / eval.json records of the
     finished run that hold a ``cost``."""
@@ -253,7 +258,7 @@ def derive(measured_params: dict, results: Path, target: dict, *, safety: float 
     out: dict[str, dict] = {}
     for name in sorted({name for _, name, _ in P.runs(target)}):
         registered = P.registered_model(target, name)
-        t_train = P.train_settings(target, name)
+        t_train = P.train_settings(target, name, _first_dataset(target, name))
         t_budget = dataclasses.asdict(P.evaluate_config(target, name))
         for stage in STAGES:
             source = name if name in found[stage] else next(
@@ -263,7 +268,8 @@ def derive(measured_params: dict, results: Path, target: dict, *, safety: float 
                 also = f" or of {registered}" if registered != name else ""
                 notes.append(f"{name}: no {stage} measurement of {name}{also}: left as it is")
                 continue
-            if stage == "train" and (diff := differing(P.train_settings(measured_params, source),
+            if stage == "train" and (diff := differing(P.train_settings(
+                measured_params, source, _first_dataset(measured_params, source)),
                                                        t_train)):
                 notes.append(f"{name}: measured {source} with other settings "
                              f"({'; '.join(diff)}): the formula scales epochs and data size only")

@@ -54,10 +54,10 @@ def test_gm_errors_name_only_the_config_field():
 
 def test_train_settings_exclude_evaluation_and_are_canonical():
     p = with_override(ais_betas=7)
-    settings = P.train_settings(p, "rbm")
+    settings = P.train_settings(p, "rbm", "digits")
     assert "evaluate" not in settings and settings["base"] == "rbm"
     reordered = {k: p["models"]["rbm"][k] for k in reversed(p["models"]["rbm"])}
     q = tiny_params()
     q["models"]["rbm"] = reordered
-    assert P.canonical(P.train_settings(q, "rbm")) == P.canonical(settings)
+    assert P.canonical(P.train_settings(q, "rbm", "digits")) == P.canonical(settings)
     assert P.canonical({"b": 1, "a": {"y": 2, "x": 3}}) == P.canonical({"a": {"x": 3, "y": 2}, "b": 1})

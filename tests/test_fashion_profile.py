@@ -61,7 +61,7 @@ def test_fashion_profile_is_full_data_at_the_papers_budgets():
               "iwae_k5", "iwae_k50", "gan", "gmmn", "cae", "dae", "gsn", "diffusion",
               "conv_rbm", "independent", "mixture_bernoulli"}
     assert wanted <= models
-    arch = {name: P.train_settings(p, name)["model"] for name in models}
+    arch = {name: P.train_settings(p, name, "fashion_mnist")["model"] for name in models}
     assert arch["rbm"]["n_hidden"] == arch["rbm_cd10"]["n_hidden"] == 500
     assert (arch["rbm"]["cd_k"], arch["rbm_cd10"]["cd_k"]) == (1, 10)
     assert (arch["dbm"]["n_hidden1"], arch["dbm"]["n_hidden2"]) == (500, 1000)

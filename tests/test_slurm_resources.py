@@ -198,7 +198,7 @@ def test_resources_are_no_rerun_trigger():
     b = P.validate(params_with({"train": {"runtime": 999, "mem_mb": 9999},
                                 "models": {"rbm": {"evaluate": {"runtime": 7}}}}))
     for name in ("rbm", "rbm_cd3"):
-        assert P.canonical(P.train_settings(a, name)) == P.canonical(P.train_settings(b, name))
+        assert P.canonical(P.train_settings(a, name, "bars_stripes")) == P.canonical(P.train_settings(b, name, "bars_stripes"))
         assert P.canonical(P.evaluate_settings(a, name)) == P.canonical(P.evaluate_settings(b, name))
         assert P.evaluate_config(a, name) == P.evaluate_config(b, name)
         assert (provenance.digest(provenance.train_params(a, "bars_stripes", name, 0))
