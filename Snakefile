@@ -3,9 +3,10 @@
 import os
 import sys
 from pathlib import Path
-from pipeline import code, provenance
-from pipeline.params import (canonical, check_config, evaluate_settings, registered_model,
-                             report_dir, runs, stage_resources, train_settings)
+from pipeline import code, provenance, search
+from pipeline.params import (canonical, check_config, error_line, evaluate_settings,
+                             registered_model, report_dir, runs, stage_resources, train_settings,
+                             tuned_dir)
 
 configfile: "params.yaml"
 check_config(config, ["params.yaml", *workflow.overwrite_configfiles],
@@ -34,7 +35,7 @@ if workflow.is_main_process:
 
 onsuccess:  # one state for both runners: record in dvc.lock what this run of params.yaml made
     if os.path.isdir(".dvc") and not workflow.overwrite_configfiles:
-        shell("dvc commit --force --quiet > logs/dvc-commit.log 2>&1 "
+        shell("dvc commit --force --quiet dvc.yaml > logs/dvc-commit.log 2>&1 "
               "|| echo 'dvc.lock not updated: see logs/dvc-commit.log' >&2")
 
 
@@ -140,3 +141,48 @@ rule report:
     output: expand(REPORT + "/{f}", f=["report.md", "report.html", "results.csv", "metrics.json", "curves.csv", "pairs.csv", "progress.csv"])
     log: "logs/report.log"
     shell: "python -m pipeline.report 2> {log}"
+
+
+# --- tuning (issue 15): `snakemake --cores 8 tune`, never part of `all` -------------------------
+# One Optuna study per run of configs/search.yaml runs: (that params also runs); its workers
+# share one storage; the result step writes the tuned file that params tuned: merges.
+SEARCH = str(search.search_path())
+PLAN = {"runs": [], "workers": []}
+if os.path.exists(SEARCH) and tuned_dir(config) is not None:
+    try:
+        PLAN = search.load(config)
+    except search.ConfigError as err:   # only the tune target needs it: say so, go on
+        print(error_line(err, [SEARCH]) + " (the tune target is unavailable)", file=sys.stderr)
+TUNE = search.tune_runs(config, PLAN) if PLAN["runs"] else []
+TUNED = str(tuned_dir(config) or "configs/tuned") + "/{dataset}/{model}.yaml"
+STUDY = str(tuned_dir(config) or "configs/tuned") + "/{dataset}/{model}"   # its committed records
+
+
+def study_params(w):
+    return canonical(search.study_settings(config, PLAN, w.dataset, w.model))
+
+
+rule tune:
+    input: [TUNED.format(dataset=d, model=m) for d, m in TUNE]
+
+
+rule tune_worker:
+    input:
+        "data/processed/{dataset}.npz",
+        "results/{dataset}/classifier.pt",
+        SEARCH,
+        lambda w: code.stage_files("tune", registered_model(config, w.model)),
+    output: STUDY + "/workers/worker{worker}.json"
+    wildcard_constraints: worker=r"\d+"
+    params: study=study_params
+    resources: gpu=slurm("train", "gpus"), runtime=slurm("train", "runtime"), mem_mb=slurm("train", "mem_mb")
+    log: "logs/tune/{dataset}-{model}-worker{worker}.log"
+    shell: "python -m pipeline.tune --dataset {wildcards.dataset} --model {wildcards.model} --worker {wildcards.worker} 2> {log}"
+
+
+rule tune_study:
+    input: lambda w: expand(STUDY + "/workers/worker{worker}.json", dataset=w.dataset, model=w.model, worker=PLAN["workers"])
+    output: STUDY + "/study.json", TUNED
+    params: study=study_params
+    log: "logs/tune/{dataset}-{model}.log"
+    shell: "python -m pipeline.tune --dataset {wildcards.dataset} --model {wildcards.model} 2> {log}"

@@ -11,7 +11,9 @@
   Murray 2008, sec. 4), relative to the exact log Z where it is enumerable;
 - Pareto plots: likelihood against a sample-quality metric and against training cost, per
   group, with the frontier drawn (Theis et al. 2016: the two measures can disagree);
-- a "better than" matrix per dataset from the paired comparisons (pipeline/compare.py).
+- a "better than" matrix per dataset from the paired comparisons (pipeline/compare.py);
+- the hyperparameter search's best validation value after each trial, one panel per study
+  (:func:`best_so_far_figure`, drawn for :mod:`pipeline.tuning_report`).
 
 Every figure is deterministic (no random jitter; labels placed by a fixed search order) and
 sized for the report's 1,200 px column at 100 dpi.
@@ -617,6 +619,45 @@ def better_figure(pairs: pd.DataFrame, ds: str, annotate_max: int = 14, cell: fl
                      "examples of log p_a(x) - log p_b(x), nats)", x=0.0, ha="left",
                      y=1 - 0.1 / fig_h, va="top")
     return fig
+
+
+# -------------------------------------------------------------------- hyperparameter search
+
+TUNING_AXIS = {"likelihood": "best validation log p(x) [nats/image]",
+               "samples": "best validation F(P, R) - duplicates [-1, 1]"}
+
+
+def best_so_far_figure(frame: pd.DataFrame, ncols: int = 4):
+    """One panel per study of the hyperparameter search (columns panel, objective, trial,
+    best: the best validation value after each trial, NaN before the first finished one),
+    in the frame's order; the y label names the panel's objective and its unit."""
+    panels = list(frame.groupby("panel", sort=False))
+    ncols = max(1, min(ncols, len(panels)))
+    nrows = math.ceil(len(panels) / ncols)
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
+                                 figsize=(WIDTH * min(1.0, 0.25 * ncols + 0.05),
+                                          2.4 * nrows + 0.6))
+        for ax, (panel, rows) in zip(axes.flat, panels):
+            objective = rows["objective"].iloc[0]
+            ax.step(rows["trial"].to_numpy(), rows["best"].to_numpy(float), where="post",
+                    marker="o", ms=3, lw=1.2, color=SEED_COLORS[0])
+            ax.set_title(f"{panel} ({objective})")
+            ax.set_xlabel("trial")
+            ax.set_ylabel(_wrap(TUNING_AXIS.get(objective, f"best validation {objective}"), 30))
+            ax.set_xlim(0.5, rows["trial"].max() + 0.5)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        for ax in axes.flat[len(panels):]:
+            ax.set_visible(False)
+        fig.suptitle("Hyperparameter search: best validation value after each trial (higher "
+                     "is better)", x=0.01, ha="left")
+    return fig
+
+
+def save_best_so_far(frame: pd.DataFrame, path: Path) -> Path:
+    """:func:`best_so_far_figure` of ``frame`` written to ``path`` (the report's figure)."""
+    return _save(best_so_far_figure(frame), Path(path))
 
 
 # -------------------------------------------------------------------------- entry point

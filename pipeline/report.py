@@ -13,6 +13,8 @@ proxies get separate tables, ranked by paired comparisons on the same test examp
 states its run facts (data sizes per split, how the binary view was made with its seed and
 checksum, the evaluation budgets the runs recorded, each model's training length) and the
 cost of every train and evaluate stage (wall and CPU seconds, peak memory, with totals).
+A hyperparameter-search section gives each run with a tuned file (params ``tuned:``) its
+study's budget, space, best validation value and tuned values (:mod:`pipeline.tuning_report`).
 Meanwhile a second process sends the runs' pending MLflow calls (pipeline/tracking.py).
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ from gm.data import dataset_spec, load_splits
 from gm.estimators.raise_ais import SANDWICH_NOTE
 from gm.io import InputError, write_text
 from pipeline import (common, compare, document, legend, plots, provenance, published, swap,
-                      tables, tracking)
+                      tables, tracking, tuning_report)
 from pipeline import params as P
 from pipeline.classifier import load_classifier
 from pipeline.common import log
@@ -556,6 +558,7 @@ def build(params: dict, out: Path) -> list[tuple]:
     blocks += facts_blocks(params, evals, trains,
                            data_facts(params, {ds: loaded[ds] for ds in loaded
                                                if ds in with_results}))
+    blocks += tuning_report.tuning_blocks(params, figdir)
     for ds in datasets:
         blocks += dataset_blocks(ds, summaries, infos[ds], pairs, rank, unranked, evals,
                                  trains, figdir, params)

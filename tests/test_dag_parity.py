@@ -3,12 +3,14 @@ import re
 import subprocess
 from pathlib import Path
 
+import yaml
+
 from conftest import run, tiny_params
 
 
-def snakemake_jobs(path: Path) -> dict[str, dict]:
-    """command -> {"inputs", "outputs"} from a forced dry run."""
-    out = run(["snakemake", "--cores", "1", "-n", "-p", "--forceall"], path).stdout
+def snakemake_jobs(path: Path, *targets: str) -> dict[str, dict]:
+    """command -> {"inputs", "outputs"} from a forced dry run (of ``targets``, default all)."""
+    out = run(["snakemake", "--cores", "1", "-n", "-p", "--forceall", *targets], path).stdout
     jobs = {}
     for block in out.split("\nrule ")[1:]:
         fields = dict(re.findall(r"^\s+(input|output): (.*)$", block, re.M))
@@ -21,20 +23,30 @@ def snakemake_jobs(path: Path) -> dict[str, dict]:
     return jobs
 
 
-def dvc_stages(path: Path) -> dict[str, dict]:
-    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
-    run(["dvc", "init", "-q"], path)
+TUNE_DVC = "configs/tuned/dvc.yaml"   # the tune stages: apart, so `dvc repro` never tunes
+
+
+def dvc_stages(path: Path, dvcfile: str = "dvc.yaml") -> dict[str, dict]:
+    """command -> {"inputs", "outputs"} of the stages of ``dvcfile``, paths from the root."""
+    if not (path / ".dvc").exists():
+        subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+        run(["dvc", "init", "-q"], path)
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
     stages = {}
     with Repo(str(path)) as repo:
         for st in repo.index.stages:
-            if not st.cmd:
+            if not st.cmd or Path(st.dvcfile.path).resolve() != (path / dvcfile).resolve():
                 continue
             stages[st.cmd] = {
-                "inputs": {d.def_path for d in st.deps if not isinstance(d, ParamsDependency)},
-                "outputs": {o.def_path for o in st.outs}}
+                "inputs": {_rel(d, path) for d in st.deps if not isinstance(d, ParamsDependency)},
+                "outputs": {_rel(o, path) for o in st.outs}}
     return stages
+
+
+def _rel(item, root: Path) -> str:
+    """A dependency's or output's path from the repository root (a stage's wdir may differ)."""
+    return Path(item.fs_path).resolve().relative_to(root.resolve()).as_posix()
 
 
 def is_code_stage(cmd: str) -> bool:
@@ -74,3 +86,29 @@ def test_committed_report_does_not_make_a_fresh_clone_look_done(project):
     out = run(["snakemake", "--cores", "1", "-n"], path).stdout
     assert "Nothing to be done" not in out
     assert re.search(r"^rule train:", out, re.M) and re.search(r"^rule report:", out, re.M)
+
+
+def test_tune_rules_and_dvc_tune_stages_declare_the_same_dag(project):
+    """`snakemake tune` and configs/tuned/dvc.yaml: the same workers and study steps; and
+    neither default DAG holds a tune stage."""
+    p = tiny_params()
+    p["tuned"] = "configs/tuned"
+    p["runs"].append({"dataset": "bars_stripes", "model": "fvsbn"})
+    p["models"]["fvsbn"] = {"train": {"epochs": 2, "batch_size": 50}, "model": {}}
+    path = project(p)
+    (path / "configs" / "search.yaml").write_text(yaml.safe_dump({
+        "runs": [{"dataset": "bars_stripes", "model": m} for m in ("rbm", "fvsbn")],
+        "trials": 2, "workers": [0, 1], "trial_cpu_seconds": 1,
+        "models": {"rbm": {"objective": "likelihood", "model": {"lr": [0.01, 0.1]}},
+                   "fvsbn": {"objective": "likelihood", "train": {"epochs": [1, 3]}}}}))
+    smk, dvc = snakemake_jobs(path, "tune"), dvc_stages(path, TUNE_DVC)
+    upstream = {c for c in smk if "pipeline.tune" not in c}   # fetch, prepare, classifier:
+    assert upstream and upstream <= set(dvc_stages(path))     # dvc.yaml's own stages
+    smk = {c: v for c, v in smk.items() if c not in upstream}
+    assert set(smk) == set(dvc), set(smk) ^ set(dvc)
+    assert len(smk) == 2 * 2 + 2    # a worker job per (study, worker), a result step per study
+    for cmd in smk:
+        assert smk[cmd]["outputs"] == dvc[cmd]["outputs"], cmd
+        assert all(covered(i, dvc[cmd]["inputs"]) for i in smk[cmd]["inputs"]), cmd
+    assert not any("pipeline.tune" in c for c in snakemake_jobs(path)), "tuning in `all`"
+    assert not any("pipeline.tune" in c for c in dvc_stages(path)), "tuning in dvc.yaml"

@@ -256,3 +256,21 @@ def test_the_default_experiment_fits_and_validation_stays_light():
         M.check_memory(P.load(ROOT / "params.yaml"))
     finally:
         del os.environ["GM_MEMORY_GB"]
+
+
+def test_a_loaded_machine_does_not_make_a_normal_model_absurd(monkeypatch):
+    """The meta-build limit is CPU time after an untimed warm-up build: busy processes that
+    stretch the wall clock (4 parallel stages outside Snakemake once refused rbm, dbm and fvsbn)
+    change nothing."""
+    import subprocess
+    import sys
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        monkeypatch.setattr(M, "BUILD_SECONDS", 0.5)
+        monkeypatch.setenv("GM_MEMORY_GB", "16")
+        M._warm.cache_clear()
+        M.check_memory(P.load(ROOT / "params.yaml"))
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()

@@ -73,3 +73,40 @@ def test_pipeline_runs_on_slurm_and_gpu_jobs_get_the_gpu(tmp_path, slurm_cluster
     assert "CUDA is unavailable: using the CPU" in train_log
     print(f"\n{len(submitted)} SLURM jobs completed ({sorted(rules)}); "
           f"{sum(r in GPU_RULES for _, r in submitted)} on the fake GPU")
+
+
+@pytest.mark.cluster
+def test_tune_workers_are_slurm_jobs_sharing_one_postgresql_study(tmp_path, slurm_cluster,
+                                                                  fresh_database):
+    """Optuna's distributed mode on the cluster: two tune_worker jobs at once, one study in
+    the PostgreSQL server (as the MLflow server's), exactly the budget, no password in git."""
+    import json
+
+    import optuna
+    import yaml
+    proj = copy_project(tmp_path / "proj")
+    write_params(proj, TINY_PARAMS | {"tuned": "configs/tuned"})
+    (proj / "configs/search.yaml").write_text(yaml.safe_dump({
+        "runs": [{"dataset": "bars_stripes", "model": "rbm"}], "trials": 4, "workers": [0, 1],
+        "trial_cpu_seconds": 5, "budget": {"ais_chains": 5, "ais_betas": 20},
+        "models": {"rbm": {"objective": "likelihood", "train": {"epochs": [2, 6]},
+                           "model": {"lr": {"low": 0.01, "high": 0.2, "log": True}}}}}))
+    run = subprocess.run(["timeout", "-k", "30", str(TIMEOUT), "snakemake", "--profile",
+                          "profiles/slurm", "tune"], cwd=proj, capture_output=True, text=True,
+                         env=stage_env(GM_OPTUNA_STORAGE=fresh_database), timeout=TIMEOUT + 60)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-5000:]
+    workers = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_tune_worker/", log)
+    assert len(set(workers)) == 2, log[-3000:]
+    for job_id in workers:
+        info = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True,
+                              text=True).stdout
+        assert "JobState=COMPLETED" in info, info
+    records = [json.loads((proj / f"configs/tuned/bars_stripes/rbm/workers/worker{w}.json")
+                          .read_text()) for w in (0, 1)]
+    assert sorted(n for r in records for n in r["trials"]) == [0, 1, 2, 3]
+    study = optuna.load_study(study_name=records[0]["study"], storage=fresh_database)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 4
+    tuned = (proj / "configs/tuned/bars_stripes/rbm.yaml").read_text()
+    password = fresh_database.split("://", 1)[1].split("@")[0].partition(":")[2]
+    assert "postgresql" in tuned and (not password or password not in tuned)
