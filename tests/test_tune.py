@@ -73,6 +73,7 @@ def test_two_workers_share_one_study_and_the_default_run_uses_its_best(project):
     assert "rule train:" in dry
 
 
+@pytest.mark.slow   # a fault test: about 80 s
 def test_a_killed_worker_resumes_and_the_budget_stays_exact(project):
     """SIGKILL in the middle of a trial: the rerun retries that trial and the study ends with
     exactly ``trials`` counted trials (the killed one marked failed, not counted)."""
