@@ -154,16 +154,15 @@ if os.path.exists(SEARCH) and tuned_dir(config) is not None:
     except search.ConfigError as err:   # only the tune target needs it: say so, go on
         print(error_line(err, [SEARCH]) + " (the tune target is unavailable)", file=sys.stderr)
 TUNE = search.tune_runs(config, PLAN) if PLAN["runs"] else []
-TUNED = str(tuned_dir(config) or "configs/tuned") + "/{dataset}/{model}.yaml"
-STUDY = str(tuned_dir(config) or "configs/tuned") + "/{dataset}/{model}"   # its committed records
+STUDY = "configs/studies/{dataset}/{model}"   # its committed records (the declared outputs)
 
 
 def study_params(w):
     return canonical(search.study_settings(config, PLAN, w.dataset, w.model))
 
 
-rule tune:
-    input: [TUNED.format(dataset=d, model=m) for d, m in TUNE]
+rule tune:  # the result step also writes <tuned>/<dataset>/<model>.yaml, read as params
+    input: [f"configs/studies/{d}/{m}/study.json" for d, m in TUNE]
 
 
 rule tune_worker:
@@ -182,7 +181,7 @@ rule tune_worker:
 
 rule tune_study:
     input: lambda w: expand(STUDY + "/workers/worker{worker}.json", dataset=w.dataset, model=w.model, worker=PLAN["workers"])
-    output: STUDY + "/study.json", TUNED
+    output: STUDY + "/study.json"
     params: study=study_params
     log: "logs/tune/{dataset}-{model}.log"
     shell: "python -m pipeline.tune --dataset {wildcards.dataset} --model {wildcards.model} 2> {log}"

@@ -4,8 +4,11 @@
     python -m pipeline.tune --dataset D --model M              # the study's result
 
 Files: the study's storage (a SQLite file per study by default) and its MLflow journals under
-results/tune/D/M/; its records beside the committed tuned file: <tuned>/D/M/workers/worker<W>.json
-(which trials a worker ran) and <tuned>/D/M/study.json (every trial), both committed with it.
+results/tune/D/M/; its committed records, the stages' declared outputs:
+configs/studies/D/M/workers/worker<W>.json (which trials a worker ran) and
+configs/studies/D/M/study.json (every trial).  The tuned file (<tuned>/D/M.yaml) is a params
+file like params.yaml, read by the default run's stages, not a declared output: declaring it
+would make the default pipeline depend on the tune stages.
 
 A worker runs trials of the study ``D/M/<digest of its settings>`` (pipeline/search.py) until the
 study holds ``trials`` counted trials; several workers (search.yaml ``workers:``, one SLURM job
@@ -53,6 +56,7 @@ from pipeline.common import log
 from pipeline.train import build_model, train_model
 
 OUT = Path("results/tune")
+STUDIES = Path("configs/studies")
 
 
 class _CapReached(Exception):
@@ -64,13 +68,11 @@ def work_dir(dataset: str, name: str) -> Path:
     return OUT / dataset / name
 
 
-def record_dir(params: dict, dataset: str, name: str) -> Path:
-    """<tuned>/D/M beside the tuned file: the committed study.json and workers/ records
-    (outside results/, so that no stage of the default run depends on a tune stage)."""
-    folder = P.tuned_dir(params)
-    if folder is None:
-        raise ConfigError("tuned", "params sets no tuned: folder", "set tuned: configs/tuned")
-    return folder / dataset / name
+def record_dir(dataset: str, name: str) -> Path:
+    """configs/studies/D/M: the committed study.json and workers/ records, the tune stages'
+    declared outputs (outside results/ and the tuned folder, which default stages read: no
+    stage of the default run depends on a tune stage)."""
+    return STUDIES / dataset / name
 
 
 def open_study(settings: dict, url: str, *, worker: int = 0):
@@ -325,7 +327,7 @@ def run(args, params) -> None:
                           f"workers: {plan['workers']}")
     settings = search.study_settings(params, plan, ds, name)
     url = search.storage_url(plan, ds, name)
-    out = record_dir(params, ds, name)
+    out = record_dir(ds, name)
     if args.worker is not None:
         record = work(settings, url, args.worker, params)
         write_json(out / "workers" / f"worker{args.worker}.json", record)
@@ -334,6 +336,8 @@ def run(args, params) -> None:
     record, block = result(settings, url)
     write_json(out / "study.json", record)
     tuned = P.tuned_path(params, ds, name)
+    if tuned is None:
+        raise ConfigError("tuned", "params sets no tuned: folder", "set tuned: configs/tuned")
     write_tuned(tuned, block, ds, name)
     study_logger(settings, url).metrics({"best_value": record["best_value"],
                                          "cpu_seconds": record["cpu_seconds"]})
@@ -354,7 +358,7 @@ def main(argv=None) -> int:
 
     try:
         return common.run_stage(stage, rest, __doc__.splitlines()[0], model=True,
-                                writes=lambda a: [OUT, P.tuned_dir(P.load(a.params)) or OUT])
+                                writes=lambda a: [OUT, STUDIES, P.tuned_dir(P.load(a.params)) or OUT])
     except GmError as err:   # pragma: no cover - run_stage prints its own
         print(f"error: {err}", file=sys.stderr)
         return 2

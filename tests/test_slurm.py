@@ -102,7 +102,7 @@ def test_tune_workers_are_slurm_jobs_sharing_one_postgresql_study(tmp_path, slur
         info = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True,
                               text=True).stdout
         assert "JobState=COMPLETED" in info, info
-    records = [json.loads((proj / f"configs/tuned/bars_stripes/rbm/workers/worker{w}.json")
+    records = [json.loads((proj / f"configs/studies/bars_stripes/rbm/workers/worker{w}.json")
                           .read_text()) for w in (0, 1)]
     assert sorted(n for r in records for n in r["trials"]) == [0, 1, 2, 3]
     study = optuna.load_study(study_name=records[0]["study"], storage=fresh_database)

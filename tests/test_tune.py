@@ -42,8 +42,8 @@ def test_two_workers_share_one_study_and_the_default_run_uses_its_best(project):
     search_file(path)
     run(["snakemake", "--cores", "2", "tune"], path, timeout=900)
     tuned = yaml.safe_load((path / "configs/tuned/bars_stripes/rbm.yaml").read_text())
-    record = json.loads((path / "configs/tuned/bars_stripes/rbm/study.json").read_text())
-    workers = [json.loads((path / f"configs/tuned/bars_stripes/rbm/workers/worker{w}.json")
+    record = json.loads((path / "configs/studies/bars_stripes/rbm/study.json").read_text())
+    workers = [json.loads((path / f"configs/studies/bars_stripes/rbm/workers/worker{w}.json")
                           .read_text()) for w in (0, 1)]
     # one study, exactly the budget: the two processes' trials together are trials 0 and 1
     assert sorted(n for w in workers for n in w["trials"]) == [0, 1]
