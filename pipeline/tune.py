@@ -339,8 +339,9 @@ def run(args, params) -> None:
     if tuned is None:
         raise ConfigError("tuned", "params sets no tuned: folder", "set tuned: configs/tuned")
     write_tuned(tuned, block, ds, name)
-    study_logger(settings, url).metrics({"best_value": record["best_value"],
-                                         "cpu_seconds": record["cpu_seconds"]})
+    study_run = study_logger(settings, url)
+    study_run.metrics({"best_value": record["best_value"], "cpu_seconds": record["cpu_seconds"]})
+    study_run.finish()
     log.info("%s/%s: best trial %d of %d, validation %.4f; wrote %s", ds, name,
              record["best_trial"], record["trials"], record["best_value"], tuned)
 
