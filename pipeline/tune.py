@@ -48,7 +48,7 @@ import torch
 
 from gm.config import make_config
 from gm.data import load_splits
-from gm.errors import ConfigError, DivergenceError, GmError
+from gm.errors import ConfigError, DivergenceError
 from gm.io import write_json
 from pipeline import common, search, tracking
 from pipeline import params as P
@@ -357,12 +357,8 @@ def main(argv=None) -> int:
         args.worker = known.worker
         run(args, params)
 
-    try:
-        return common.run_stage(stage, rest, __doc__.splitlines()[0], model=True,
-                                writes=lambda a: [OUT, STUDIES, P.tuned_dir(P.load(a.params)) or OUT])
-    except GmError as err:   # pragma: no cover - run_stage prints its own
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return common.run_stage(stage, rest, __doc__.splitlines()[0], model=True,
+                            writes=lambda a: [OUT, STUDIES, P.tuned_dir(P.load(a.params)) or OUT])
 
 
 if __name__ == "__main__":
