@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -48,27 +50,62 @@ class _TooSlow(BaseException):
     """Raised by the timer inside a meta build (BaseException: model code cannot swallow it)."""
 
 
+_MODEL_CODE = str(Path(__file__).resolve().parents[1] / "gm") + os.sep
+_NOT_PLAIN = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _is_model_frame(frame) -> bool:
+    """A plain function's frame in the gm package (a model's own code)."""
+    code = frame.f_code
+    return code.co_filename.startswith(_MODEL_CODE) and not code.co_flags & _NOT_PLAIN
+
+
 @contextlib.contextmanager
 def _time_limit(seconds: float):
     """Raise _TooSlow in the block after ``seconds`` of this process's CPU time (ITIMER_PROF:
-    a loaded machine's wall clock would refuse a normal model; only in the main thread and
-    when no other profiling timer is running, else no limit)."""
+    a loaded machine's wall clock would refuse a normal model; only in the main thread, else
+    no limit).  The timer only marks the time as up: _TooSlow is raised at the next line of
+    model code (gm/), or at the block's end.  Raised from the signal handler itself it could
+    land inside torch's own context managers (between a state change and its ``try``) and
+    leave the process with gradients off or the meta device's mode popped."""
     usable = (os.name == "posix" and threading.current_thread() is threading.main_thread()
               and signal.getitimer(signal.ITIMER_PROF)[0] == 0)
     if not usable:
         yield
         return
+    expired, traced = False, []
 
-    def stop(signum, frame):
-        raise _TooSlow
+    def raise_here(frame, event, arg):  # a model frame's tracer: stop at its next line
+        if event == "line":
+            raise _TooSlow
+        return raise_here
 
-    previous = signal.signal(signal.SIGPROF, stop)
+    def on_call(frame, event, arg):     # the thread's tracer: trace model frames only
+        return raise_here if _is_model_frame(frame) else None
+
+    def expire(signum, frame):
+        nonlocal expired
+        expired = True
+        while frame is not None:        # model frames already running
+            if _is_model_frame(frame):
+                traced.append((frame, frame.f_trace))
+                frame.f_trace = raise_here
+            frame = frame.f_back
+        sys.settrace(on_call)
+
+    previous_trace = sys.gettrace()
+    previous = signal.signal(signal.SIGPROF, expire)
     signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
         signal.signal(signal.SIGPROF, previous)
+        sys.settrace(previous_trace)
+        for frame, trace in traced:
+            frame.f_trace = trace
+    if expired:
+        raise _TooSlow
 
 
 @functools.cache

@@ -65,11 +65,13 @@ class EvaluateConfig(Budget):
         return Budget(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Budget)})
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
+    """An int, not a bool."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _mapping(value, field: str) -> dict:
+def mapping(value, field: str) -> dict:
+    """``value`` as a mapping (None: empty), else a ConfigError naming ``field``."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -86,11 +88,11 @@ def validate(params: dict) -> dict:
         require(key in TOP_KEYS, key, "unknown key (known: " + ", ".join(sorted(TOP_KEYS)) + ")")
     for key in ("seed", "seeds", "datasets", "runs", "models"):
         require(key in params, key, "missing (see the default params.yaml)")
-    require(_is_int(params["seed"]) and params["seed"] >= 0, "seed",
+    require(is_int(params["seed"]) and params["seed"] >= 0, "seed",
             f"must be a non-negative integer, got {params['seed']!r}")
     seeds = params["seeds"]
     require(isinstance(seeds, list) and len(seeds) > 0
-            and all(_is_int(s) and s >= 0 for s in seeds), "seeds",
+            and all(is_int(s) and s >= 0 for s in seeds), "seeds",
             f"must be a non-empty list of non-negative integers, got {seeds!r}")
     require(len(set(seeds)) == len(seeds), "seeds", f"has duplicates: {seeds}")
     device = params.get("device", "auto")
@@ -98,15 +100,15 @@ def validate(params: dict) -> dict:
                                          or device.startswith("cuda:")),
             "device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
     known_ds = dataset_names()
-    datasets = _mapping(params["datasets"], "datasets")
+    datasets = mapping(params["datasets"], "datasets")
     for name, opts in datasets.items():
         require(name in known_ds, f"datasets.{name}",
                 "unknown dataset (known: " + ", ".join(known_ds) + ")")
-        dataset_spec(name).check_options(_mapping(opts, f"datasets.{name}"))
-    make_config(EvaluateConfig, _mapping(params.get("evaluate"), "evaluate"), "evaluate")
-    models = _mapping(params["models"], "models")
+        dataset_spec(name).check_options(mapping(opts, f"datasets.{name}"))
+    make_config(EvaluateConfig, mapping(params.get("evaluate"), "evaluate"), "evaluate")
+    models = mapping(params["models"], "models")
     for name, block in models.items():
-        _validate_model_block(name, _mapping(block, f"models.{name}"))
+        _validate_model_block(name, mapping(block, f"models.{name}"))
         evaluate_config(params, name)
     _validate_resources(params)
     report_dir(params)
@@ -176,11 +178,7 @@ def _validate_tuned(params: dict, dataset: str, name: str) -> None:
                 "unknown key (known: " + ", ".join(sorted(TUNED_KEYS)) + ")")
     _check_numbers({k: block.get(k) for k in ("train", "model")}, where)
     settings = train_settings(params, name, dataset)
-    for key, value in _mapping(block.get("train"), f"{where}: train").items():
-        require(key in TRAIN_KEYS, f"{where}: train.{key}",
-                "unknown key (known: " + ", ".join(sorted(TRAIN_KEYS)) + ")")
-        require(_is_int(value) and value >= (0 if key == "checkpoint_every" else 1),
-                f"{where}: train.{key}", f"must be a positive integer, got {value!r}")
+    check_train(mapping(block.get("train"), f"{where}: train"), f"{where}: train")
     try:
         make_config(model_class(settings["base"]).Config, settings["model"])
     except ConfigError as err:
@@ -227,6 +225,16 @@ def _check_numbers(value, where: str = "") -> None:
         require(abs(value) < 2 ** 63, where, f"{value} does not fit in a 64-bit integer")
 
 
+def check_train(train: dict, where: str) -> None:
+    """A train block (params' models.<m>.train, a tuned file's train:): known keys, each a
+    positive integer (checkpoint_every may be 0); ``where`` names the block in errors."""
+    for key, value in train.items():
+        require(key in TRAIN_KEYS, f"{where}.{key}",
+                "unknown key (known: " + ", ".join(sorted(TRAIN_KEYS)) + ")")
+        require(is_int(value) and value >= (0 if key == "checkpoint_every" else 1),
+                f"{where}.{key}", f"must be a positive integer, got {value!r}")
+
+
 def _validate_model_block(name: str, block: dict) -> None:
     where = f"models.{name}"
     for key in block:
@@ -245,28 +253,24 @@ def _validate_model_block(name: str, block: dict) -> None:
     else:
         require(name in known, where, "unknown model (known: " + ", ".join(known)
                 + "; or define a variant with base: <model>)")
-    train = _mapping(block.get("train"), f"{where}.train")
-    for key, value in train.items():
-        require(key in TRAIN_KEYS, f"{where}.train.{key}",
-                "unknown key (known: " + ", ".join(sorted(TRAIN_KEYS)) + ")")
-        require(_is_int(value) and value >= (0 if key == "checkpoint_every" else 1),
-                f"{where}.train.{key}", f"must be a positive integer, got {value!r}")
+    train = mapping(block.get("train"), f"{where}.train")
+    check_train(train, f"{where}.train")
     for key in ("epochs", "batch_size"):
         require(key in train, f"{where}.train.{key}", "missing")
     require("model" in block, f"{where}.model",
             "missing (write model: {} for the defaults; DVC tracks this block)")
     make_config(model_class(block.get("base", name)).Config,
-                _mapping(block.get("model"), f"{where}.model"), f"{where}.model")
-    _mapping(block.get("evaluate"), f"{where}.evaluate")
+                mapping(block.get("model"), f"{where}.model"), f"{where}.model")
+    mapping(block.get("evaluate"), f"{where}.evaluate")
 
 
 def _validate_stage_resources(value, where: str) -> None:
     """One ``{runtime, mem_mb, gpus}`` mapping (any subset) at params path ``where``."""
-    for key, v in _mapping(value, where).items():
+    for key, v in mapping(value, where).items():
         require(key in RESOURCE_FIELDS, f"{where}.{key}",
                 "unknown key (known: " + ", ".join(sorted(RESOURCE_FIELDS)) + ")")
         least, unit = RESOURCE_FIELDS[key]
-        if not (_is_int(v) and v >= least):
+        if not (is_int(v) and v >= least):
             raise ConfigError(f"{where}.{key}", f"must be an integer >= {least}, got {v!r}",
                               f"{key}: the number of {unit}")
 
@@ -274,7 +278,7 @@ def _validate_stage_resources(value, where: str) -> None:
 def _validate_resources(params: dict) -> None:
     """``resources:``: defaults per stage, and ``models.<name>`` entries of run names that have
     a block under ``models:``; then every model's resolved GPU request against ``device``."""
-    block = _mapping(params.get("resources"), "resources")
+    block = mapping(params.get("resources"), "resources")
     keys = (*RESOURCE_STAGES, "models")
     for key in block:
         require(key in keys, f"resources.{key}", "unknown key (known: " + ", ".join(keys)
@@ -282,10 +286,10 @@ def _validate_resources(params: dict) -> None:
     for stage in RESOURCE_STAGES:
         _validate_stage_resources(block.get(stage), f"resources.{stage}")
     models = params["models"]
-    for name, entry in _mapping(block.get("models"), "resources.models").items():
+    for name, entry in mapping(block.get("models"), "resources.models").items():
         where = f"resources.models.{name}"
         require(name in models, where, f"{name!r} has no block under models:")
-        for stage, value in _mapping(entry, where).items():
+        for stage, value in mapping(entry, where).items():
             require(stage in RESOURCE_STAGES, f"{where}.{stage}",
                     "unknown key (known: " + ", ".join(RESOURCE_STAGES) + ")")
             _validate_stage_resources(value, f"{where}.{stage}")

@@ -45,10 +45,10 @@ def load(params: dict, path: Path | None = None) -> dict:
         P.require(key in search, f"{where}: {key}", "missing")
     for key, least in (("trials", 1), ("seed", 0), ("startup_trials", 0)):
         v = search.get(key, 0)
-        P.require(P._is_int(v) and v >= least, f"{where}: {key}",
+        P.require(P.is_int(v) and v >= least, f"{where}: {key}",
                   f"must be an integer >= {least}, got {v!r}")
     workers = search["workers"]
-    P.require(isinstance(workers, list) and workers and all(P._is_int(w) and w >= 0 for w in workers)
+    P.require(isinstance(workers, list) and workers and all(P.is_int(w) and w >= 0 for w in workers)
               and len(set(workers)) == len(workers), f"{where}: workers",
               f"must be a list of distinct worker indices, e.g. [0] or [0, 1, 2, 3], got {workers!r}")
     cap = search["trial_cpu_seconds"]
@@ -57,12 +57,12 @@ def load(params: dict, path: Path | None = None) -> dict:
     storage = search.get("storage")
     P.require(storage is None or (isinstance(storage, str) and "://" in storage),
               f"{where}: storage", f"must be null or a database URL, got {storage!r}")
-    budget = P._mapping(search.get("budget"), f"{where}: budget")
+    budget = P.mapping(search.get("budget"), f"{where}: budget")
     try:
         make_config(P.EvaluateConfig, P.evaluate_settings(params) | budget)
     except ConfigError as err:
         raise prefixed(err, f"{where}: budget") from None
-    models = P._mapping(search["models"], f"{where}: models")
+    models = P.mapping(search["models"], f"{where}: models")
     P.require(isinstance(search["runs"], list), f"{where}: runs",
               "must be a list of {dataset: D, model: M}")
     for i, run in enumerate(search["runs"]):
@@ -71,7 +71,7 @@ def load(params: dict, path: Path | None = None) -> dict:
                   f"must be {{dataset: D, model: M}}, got {run!r}")
         P.require(run["model"] in models, at, f"{run['model']!r} has no space under models:")
     for name, space in models.items():
-        _check_space(params, name, P._mapping(space, f"{where}: models.{name}"),
+        _check_space(params, name, P.mapping(space, f"{where}: models.{name}"),
                      f"{where}: models.{name}")
     return search
 
@@ -92,13 +92,13 @@ def _check_space(params: dict, name: str, space: dict, where: str) -> None:
               f"must be one of {', '.join(OBJECTIVES)}, got {space.get('objective')!r}")
     if name not in params["models"]:
         return   # a space for a model this params file does not run: checked when it does
-    for field in P._mapping(space.get("train"), f"{where}.train"):
+    for field in P.mapping(space.get("train"), f"{where}.train"):
         P.require(field in P.TRAIN_KEYS, f"{where}.train.{field}",
                   "unknown key (known: " + ", ".join(sorted(P.TRAIN_KEYS)) + ")")
     block = params["models"][name].get("model") or {}
     cls = model_class(P.registered_model(params, name))
     for part in ("train", "model"):
-        for field, spec in P._mapping(space.get(part), f"{where}.{part}").items():
+        for field, spec in P.mapping(space.get(part), f"{where}.{part}").items():
             values = _extremes(spec, f"{where}.{part}.{field}")
             if part == "model":
                 for v in values:
@@ -108,7 +108,7 @@ def _check_space(params: dict, name: str, space: dict, where: str) -> None:
                         raise prefixed(err, f"{where}.model") from None
             else:
                 for v in values:
-                    P.require(P._is_int(v) and v >= 1, f"{where}.train.{field}",
+                    P.require(P.is_int(v) and v >= 1, f"{where}.train.{field}",
                               f"must hold positive integers, got {v!r}")
 
 
@@ -147,7 +147,7 @@ def suggest(trial, space: dict) -> dict:
                 continue
             low, high, log = ((spec[0], spec[1], False) if isinstance(spec, list)
                               else (spec["low"], spec["high"], bool(spec.get("log"))))
-            if P._is_int(low) and P._is_int(high):
+            if P.is_int(low) and P.is_int(high):
                 out[part][field] = trial.suggest_int(name, low, high, log=log)
             else:
                 out[part][field] = trial.suggest_float(name, float(low), float(high), log=log)

@@ -62,3 +62,20 @@ def project(tmp_path):
     def make(params=None, name="proj"):
         return make_project(tmp_path / name, params or tiny_params())
     return make
+
+
+@pytest.fixture(autouse=True)
+def _torch_state_kept():
+    """A test that leaves torch's process-wide state changed (gradients off, a mode such as the
+    meta device left on the function-mode stack) errors here, not in a later test it breaks."""
+    yield
+    changed = []
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        changed.append("gradients left off")
+    if torch._C._len_torch_function_stack():
+        while torch._C._len_torch_function_stack():
+            torch._C._pop_torch_function_stack()
+        changed.append("a torch function mode left on (e.g. torch.device('meta'))")
+    if changed:
+        pytest.fail("this test changed torch's global state: " + "; ".join(changed))
