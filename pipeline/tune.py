@@ -325,6 +325,9 @@ def run(args, params) -> None:
     if args.worker is not None and args.worker not in plan["workers"]:
         raise ConfigError("--worker", f"{args.worker} is not listed in {search.search_path()} "
                           f"workers: {plan['workers']}")
+    tuned = P.tuned_path(params, ds, name)   # checked before any trial: the result step writes it
+    if tuned is None:
+        raise ConfigError("tuned", "params sets no tuned: folder", "set tuned: configs/tuned")
     settings = search.study_settings(params, plan, ds, name)
     url = search.storage_url(plan, ds, name)
     out = record_dir(ds, name)
@@ -335,9 +338,6 @@ def run(args, params) -> None:
         return
     record, block = result(settings, url)
     write_json(out / "study.json", record)
-    tuned = P.tuned_path(params, ds, name)
-    if tuned is None:
-        raise ConfigError("tuned", "params sets no tuned: folder", "set tuned: configs/tuned")
     write_tuned(tuned, block, ds, name)
     study_run = study_logger(settings, url)
     study_run.metrics({"best_value": record["best_value"], "cpu_seconds": record["cpu_seconds"]})
