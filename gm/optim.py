@@ -31,14 +31,21 @@ class Optimizer:
         # per parameter (in group order): a dict of state tensors, empty until its first step
         self.state: list[dict[str, Tensor]] = [{} for g in self.param_groups for _ in g["params"]]
 
-    def _params(self):
-        """(index, group, parameter) over every parameter that has a gradient."""
+    def _groups(self):
+        """(group, state indices, parameters) of each group with a parameter that has a
+        gradient, over those parameters."""
         i = 0
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    yield i, group, p
-                i += 1
+            ps = group["params"]
+            idx = [i + k for k, p in enumerate(ps) if p.grad is not None]
+            if idx:
+                yield group, idx, [ps[k - i] for k in idx]
+            i += len(ps)
+
+    def _params(self):
+        """(index, group, parameter) over every parameter that has a gradient."""
+        for group, idx, params in self._groups():
+            yield from ((i, group, p) for i, p in zip(idx, params))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for group in self.param_groups:
@@ -64,24 +71,39 @@ class Optimizer:
 
 class SGD(Optimizer):
     """p <- p - lr * buf, buf <- momentum * buf + (grad + weight_decay * p) (buf = the first
-    decayed gradient at the first step), as torch.optim.SGD with dampening 0."""
+    decayed gradient at the first step), as torch.optim.SGD with dampening 0.
+
+    Each line is one ``torch._foreach_*`` call over a group's parameters: the kernels of the
+    single-tensor loop (the same bits) in a few calls, whatever the number of parameters."""
 
     defaults = {"lr": 0.01, "momentum": 0.0, "weight_decay": 0.0}
 
     @torch.no_grad()
     def step(self) -> None:
-        for i, group, p in self._params():
-            grad = p.grad
+        for group, idx, params in self._groups():
+            grads = [p.grad for p in params]
             if group["weight_decay"] != 0:
-                grad = grad.add(p, alpha=group["weight_decay"])
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
             if group["momentum"] != 0:
-                buf = self.state[i].get("momentum_buffer")
-                if buf is None:
-                    buf = self.state[i]["momentum_buffer"] = grad.detach().clone()
-                else:
-                    buf.mul_(group["momentum"]).add_(grad)
-                grad = buf
-            p.add_(grad, alpha=-group["lr"])
+                grads = self._momentum_buffers(idx, grads, group["momentum"])
+            torch._foreach_add_(params, grads, alpha=-group["lr"])
+
+    def _momentum_buffers(self, idx: list[int], grads: list[Tensor],
+                          momentum: float) -> list[Tensor]:
+        """buf <- momentum * buf + grad for parameters idx (buf <- grad at the first step)."""
+        bufs, moved, added = [], [], []
+        for i, g in zip(idx, grads):
+            buf = self.state[i].get("momentum_buffer")
+            if buf is None:
+                buf = self.state[i]["momentum_buffer"] = g.detach().clone()
+            else:
+                moved.append(buf)
+                added.append(g)
+            bufs.append(buf)
+        if moved:
+            torch._foreach_mul_(moved, momentum)
+            torch._foreach_add_(moved, added)
+        return bufs
 
 
 class Adam(Optimizer):
