@@ -22,8 +22,9 @@ _ENABLED = (_linear is not None and torch.backends.mkldnn.is_available()
 
 
 def _onednn(a: Tensor, b: Tensor) -> bool:
-    return (_ENABLED and a.device.type == "cpu" and a.dtype == torch.float32 == b.dtype
-            and a.dim() == 2 and a.shape[0] * a.shape[1] * b.shape[1] >= ONEDNN_MIN_MACS)
+    # the size test first: small products, where this check's own cost shows, stop there
+    return (_ENABLED and a.dim() == 2 and a.shape[0] * a.shape[1] * b.shape[1] >= ONEDNN_MIN_MACS
+            and a.is_cpu and a.dtype == torch.float32 == b.dtype)
 
 
 def addmm(bias: Tensor | None, a: Tensor, b: Tensor) -> Tensor:

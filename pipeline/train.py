@@ -33,11 +33,13 @@ from pipeline import params as P
 from pipeline.common import log
 
 
-def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator):
-    """Shuffled minibatches of x (n, ...) along the first axis; the last one may be smaller."""
+def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
+                gather: int = 64):
+    """Shuffled minibatches of x (n, ...) along the first axis; the last one may be smaller.
+    Gathered ``gather`` batches at a time (one indexing operation for many batches)."""
     perm = torch.randperm(x.shape[0], generator=generator, device=generator.device)
-    for i in range(0, x.shape[0], batch_size):
-        yield x[perm[i:i + batch_size]]
+    for idx in perm.split(batch_size * gather):
+        yield from x[idx].split(batch_size)
 
 
 def train_model(model: gm.GenerativeModel, x: torch.Tensor, *, epochs: int, batch_size: int,

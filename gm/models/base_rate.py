@@ -34,14 +34,20 @@ class BaseRate(nn.Module):
         self.first_batch = False    # whether the last update was the first one (not saved)
         self._seen = False          # whether count > 0 is known (saves a device sync per update)
 
-    @torch.no_grad()
     def update(self, x: Tensor, visible_bias: Tensor | None = None) -> None:
         """Add batch x (n, d); on the first batch, start ``visible_bias`` (if given) at the
         logits of that batch's pixel means."""
-        self.first_batch = not self._seen and self.count.item() == 0
-        self._seen = True
-        if self.first_batch and visible_bias is not None:
-            visible_bias.copy_(base_rate_logit(x).to(visible_bias.dtype))
+        # Runs once per training step, so no no_grad decorator, and attributes are set only
+        # when they change: each costs as much as a small tensor operation.
+        x = x.detach()
+        if not self._seen:
+            self._seen = True
+            self.first_batch = self.count.item() == 0
+            if self.first_batch and visible_bias is not None:
+                with torch.no_grad():
+                    visible_bias.copy_(base_rate_logit(x).to(visible_bias.dtype))
+        elif self.first_batch:
+            self.first_batch = False
         self.total.add_(x.sum(0, dtype=torch.float64))
         self.count.add_(x.shape[0])
 

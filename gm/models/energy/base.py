@@ -98,7 +98,6 @@ class EnergyModel(GenerativeModel):
         return {"sgd": SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                        weight_decay=cfg.weight_decay)}
 
-    @torch.no_grad()
     def observe(self, x: Tensor) -> None:
         """Add training batch x (n, d) to the base rate; the first batch starts the visible
         biases ``b`` at its base-rate logits (Hinton 2010, sec. 8.1)."""
