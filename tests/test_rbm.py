@@ -122,3 +122,25 @@ def test_default_rbm_reaches_minus_19_on_digits():
     _, ll = _train(block["train"]["epochs"], batch_size=block["train"]["batch_size"],
                    **block["model"])
     assert ll.mean >= -19.0, ll.mean
+
+
+def test_uniforms_drawn_at_once_equal_the_separate_draws():
+    """One call for all of an update's uniforms gives, on the CPU, the draws that separate
+    calls of the same shapes make (so the fused CD update samples as the unfused one did)."""
+    from gm.ops import Uniforms, bernoulli
+    shapes = [(3, 5), (4, 2), (3, 5)]
+    g = torch.Generator().manual_seed(0)
+    separate = [[torch.rand(s, generator=g) for s in shapes] for _ in range(2)]
+    u, g = Uniforms(), torch.Generator().manual_seed(0)
+    for step in range(2):                  # the first run records, the second draws once
+        u.start(g)
+        got = [u.rand(torch.Size(s), torch.float32, torch.device("cpu")) for s in shapes]
+        assert all(torch.equal(a, b) for a, b in zip(got, separate[step]))
+    assert u.flat is not None and u.flat.numel() == 15 + 8 + 15
+    state = g.get_state()
+    sample = bernoulli(torch.full((3, 5), 0.5), u.start(g))
+    expected = torch.rand(3, 5, generator=torch.Generator().set_state(state)) < 0.5
+    assert torch.equal(sample, expected.float())
+    with pytest.raises(RuntimeError, match="draw 2"):
+        bernoulli(torch.zeros(4, 3), u)    # not the recorded shape
+

@@ -20,7 +20,7 @@ from gm.config import ranged
 from gm.estimators.exact import enumerate_log_z
 from gm.linalg import addmm, moment_difference
 from gm.models.energy.base import BaseRatePath, CDConfig, EnergyModel
-from gm.ops import bernoulli
+from gm.ops import Uniforms, bernoulli
 from gm.registry import register
 
 
@@ -63,14 +63,15 @@ class RBM(EnergyModel):
         W, b, c = self.W.to(v.dtype), self.b.to(v.dtype), self.c.to(v.dtype)
         return -(v @ b) - F.softplus(v @ W + c).sum(1)
 
-    def gibbs(self, v: Tensor, steps: int, generator: torch.Generator) -> Tensor:
+    def gibbs(self, v: Tensor, steps: int, generator: torch.Generator | Uniforms) -> Tensor:
         """``steps`` rounds of block Gibbs sampling v -> h -> v."""
         for _ in range(steps):
             v = bernoulli(self.p_v(bernoulli(self.p_h(v), generator)), generator)
         return v
 
     # --- training ------------------------------------------------------------------------
-    def pcd_chains(self, x: Tensor, steps: int, generator: torch.Generator) -> Tensor:
+    def pcd_chains(self, x: Tensor, steps: int,
+                   generator: torch.Generator | Uniforms) -> Tensor:
         """PCD's negative samples v (n_chains, d): the persistent chains moved ``steps`` Gibbs
         steps h -> v -> h on from their kept hidden states (buffer ``hidden_chains``), whose
         last hidden draw is made (with the parameters before the update) in :meth:`fit_step`,
@@ -86,21 +87,35 @@ class RBM(EnergyModel):
                 h = bernoulli(self.p_h(v), generator)
         return v
 
+    def update_uniforms(self, n: int) -> Uniforms:
+        """The :class:`~gm.ops.Uniforms` of the updates on n examples (kept per n, device and
+        dtype; the first PCD update, which also starts the chains, gets its own)."""
+        if self.base_rate.first_batch and self.config.persistent:
+            return Uniforms()
+        cache = self.__dict__.setdefault("_update_uniforms", {})
+        key = (n, self.W.device, self.W.dtype)
+        if key not in cache:
+            cache[key] = Uniforms()
+        return cache[key]
+
     @torch.no_grad()
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
         """One CD-k or PCD-k update on x (n, d): 5 products for CD-1 and 6 for PCD-1 (which
-        adds the reconstruction its progress curve reports)."""
+        adds the reconstruction its progress curve reports).  Every uniform of the update is
+        drawn by one call (:class:`~gm.ops.Uniforms`: on the CPU the same draws, in the same
+        order, as one call per sample)."""
         cfg = self.config
         self.observe(x)
+        u = self.update_uniforms(x.shape[0]).start(generator)
         ph_data = self.p_h(x)
-        pv_recon = self.p_v(bernoulli(ph_data, generator))   # P(v | h), h ~ P(h | data)
+        pv_recon = self.p_v(bernoulli(ph_data, u))   # P(v | h), h ~ P(h | data)
         if cfg.persistent:
-            v_neg = self.pcd_chains(x, cfg.cd_k, generator)
+            v_neg = self.pcd_chains(x, cfg.cd_k, u)
         else:  # CD-k: the reconstruction is the chain's first half-step
-            v_neg = self.gibbs(bernoulli(pv_recon, generator), cfg.cd_k - 1, generator)
+            v_neg = self.gibbs(bernoulli(pv_recon, u), cfg.cd_k - 1, u)
         ph_neg = self.p_h(v_neg)
-        if cfg.persistent:
-            self.hidden_chains = bernoulli(ph_neg, generator)
+        if cfg.persistent:   # into the buffer: u's samples are overwritten by the next update
+            bernoulli(ph_neg, u, out=self.hidden_chains)
         recon_error = float(torch.dist(x, pv_recon)) ** 2 / x.shape[0]
         # gradient of the negative log-likelihood, descended by the optimiser
         self.W.grad = moment_difference(v_neg, ph_neg, x, ph_data)
