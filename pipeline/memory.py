@@ -63,8 +63,8 @@ def _is_model_frame(frame) -> bool:
 @contextlib.contextmanager
 def _time_limit(seconds: float):
     """Raise _TooSlow in the block after ``seconds`` of this process's CPU time (ITIMER_PROF:
-    a loaded machine's wall clock would refuse a normal model; only in the main thread, else
-    no limit).  The timer only marks the time as up: _TooSlow is raised at the next line of
+    a loaded machine's wall clock would refuse a normal model; only in the main thread and
+    when no other profiling timer is running, else no limit).  The timer only marks the time as up: _TooSlow is raised at the next line of
     model code (gm/), or at the block's end.  Raised from the signal handler itself it could
     land inside torch's own context managers (between a state change and its ``try``) and
     leave the process with gradients off or the meta device's mode popped."""
