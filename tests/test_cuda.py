@@ -703,6 +703,7 @@ BENCHMARKS = {
     "loop_overhead.py": (["--n", "300", "--batch", "100"], {"fashion"}),
     "pipeline_overhead.py": ([], {"snakemake"}),
     "process_cost.py": ([], {"snakemake"}),
+    "dbm_log_f.py": (["--hidden1", "16", "--hidden2", "8", "--examples", "2"], set()),
 }
 
 # pipeline_overhead's experiment, smaller than its own default: one RBM on digits, 2 epochs
