@@ -13,8 +13,10 @@ would make the default pipeline depend on the tune stages.
 A worker runs trials of the study ``D/M/<digest of its settings>`` (pipeline/search.py) until the
 study holds ``trials`` counted trials; several workers (search.yaml ``workers:``, one SLURM job
 each) share one Optuna RDB storage: a SQLite file per study by default, the cluster's PostgreSQL
-with ``GM_OPTUNA_STORAGE``.  Optuna's TPE sampler is seeded (seed + worker): one worker gives the
-same trials on every run; several give an order that depends on timing.  Trial n trains on the
+with ``GM_OPTUNA_STORAGE``.  Optuna's TPE sampler is seeded (seed + worker): one worker proposes
+the same trials as long as it sees the same values, but a trial stopped by the CPU cap trains a
+load-dependent number of epochs, so a search repeats only on an equally loaded machine; several
+workers give an order that depends on timing.  Trial n trains on the
 train split with seeds derived from (root seed, "tune", D, M, n) and stops at the first epoch end
 past ``trial_cpu_seconds`` of CPU; the value is measured on the validation split only:
 
