@@ -143,4 +143,3 @@ def test_uniforms_drawn_at_once_equal_the_separate_draws():
     assert torch.equal(sample, expected.float())
     with pytest.raises(RuntimeError, match="draw 2"):
         bernoulli(torch.zeros(4, 3), u)    # not the recorded shape
-
