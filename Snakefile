@@ -1,7 +1,9 @@
 # gm-bench: the experiment DAG.  Thin on purpose: every rule is one `python -m pipeline.<stage>`
 # line, identical to the stage of the same name in dvc.yaml (tests/test_dag_parity.py checks it).
+import gc
 import os
 import sys
+import threading
 from pathlib import Path
 from pipeline import code, provenance, search
 from pipeline.params import (canonical, check_config, error_line, evaluate_settings,
@@ -14,6 +16,7 @@ check_config(config, ["params.yaml", *workflow.overwrite_configfiles],
 # every stage reads the parameters Snakemake merged: params.yaml, then each --configfile in order
 os.environ["GM_PARAMS"] = os.pathsep.join(["params.yaml", *map(str, workflow.overwrite_configfiles)])
 os.environ["GM_MEMORY_CHECKED"] = "1"  # check_config estimated every run's memory: stages skip it
+gc.freeze()   # torch and the imports live as long as Snakemake: no collection need traverse them
 
 RUNS = runs(config)
 DATASETS = sorted({d for d, _, _ in RUNS})
@@ -33,14 +36,27 @@ if workflow.is_main_process:
                                      f"{stage} results were made with other settings")
 
 
+def quick_exit():
+    """The run is over: exit at once.  Cancel Snakemake's pending rescheduling timers (its job
+    rate limiter starts a non-daemon threading.Timer of up to 1 s at every scheduling pass,
+    which the exiting interpreter waits for) and keep the ~200,000 objects of torch and
+    Snakemake out of exit's garbage collections (gc.freeze; pipeline/common.py process_main)."""
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()
+    gc.freeze()
+
+
 onsuccess:  # one state for both runners: record in dvc.lock what this run of params.yaml made
     if os.path.isdir(".dvc") and not workflow.overwrite_configfiles:
         shell("dvc commit --force --quiet dvc.yaml > logs/dvc-commit.log 2>&1 "
               "|| echo 'dvc.lock not updated: see logs/dvc-commit.log' >&2")
+    quick_exit()
 
 
 onerror:  # with --keep-going: report what finished and mark what failed
     shell("python -m pipeline.report 2> logs/report-onerror.log || true")
+    quick_exit()
 
 
 # Rerun triggers: the values a stage reads, in a canonical (key-sorted) form, so reordering

@@ -65,10 +65,11 @@ def softplus_sums(a: Tensor, d: Tensor, block: int = 2**15) -> Tensor:
 
     ``F.softplus(a[:, None] + d).sum(-1)`` computed in blocks of at most ``block`` elements
     (256 KiB of float64) that stay in cache: one pass over each block instead of three passes
-    over an (n, S, k) tensor in memory, 3-4x faster for a DBM's enumeration of 2**17 states of
-    h2 with 246 units in h1.  A block under torch's parallel grain (32768 elements) is summed
-    by one thread, so the values do not depend on the number of threads; they equal the
-    one-pass formula's up to the order of each row's sum (tests/test_dbm.py).
+    over an (n, S, k) tensor in memory, 2.8x faster on an idle 2-core machine for a DBM's
+    enumeration of 2**17 states of h2 with 246 units in h1 (benchmarks/dbm_log_f.py).  A block
+    under torch's parallel grain (32768 elements) is summed by one thread, so the values do not
+    depend on the number of threads; they equal the one-pass formula's up to the order of each
+    row's sum (tests/test_dbm.py).
     """
     n, k = a.shape
     S = d.shape[0]

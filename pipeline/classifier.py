@@ -9,7 +9,6 @@ scored exactly like a model's samples, per data view, so every metric shows its 
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -78,4 +77,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.process_main(main)

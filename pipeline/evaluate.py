@@ -18,7 +18,6 @@ run's pending file and sent by the report stage (see pipeline/tracking.py).
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 import torch
@@ -148,4 +147,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.process_main(main)

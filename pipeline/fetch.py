@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import sys
 
 from gm.data import dataset_spec
 from pipeline import common
@@ -20,4 +19,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.process_main(main)

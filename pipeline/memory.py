@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import inspect
+import json
 import os
 import signal
 import sys
@@ -20,7 +22,9 @@ from pathlib import Path
 
 from gm.config import make_config
 from gm.errors import ConfigError
+from gm.io import write_json
 from gm.registry import model_class
+from pipeline import code
 from pipeline.params import train_settings
 
 TRAINING_COPIES = 4   # a parameter, its gradient and two Adam moments (the largest optimiser state)
@@ -64,8 +68,8 @@ def _is_model_frame(frame) -> bool:
 def _time_limit(seconds: float):
     """Raise _TooSlow in the block after ``seconds`` of this process's CPU time (ITIMER_PROF:
     a loaded machine's wall clock would refuse a normal model; only in the main thread and
-    when no other profiling timer is running, else no limit).  The timer only marks the time as up: _TooSlow is raised at the next line of
-    model code (gm/), or at the block's end.  Raised from the signal handler itself it could
+    when no other profiling timer is running, else no limit).  The timer only marks the time
+    as up: _TooSlow is raised at the next line of model code (gm/), or at the block's end.  Raised from the signal handler itself it could
     land inside torch's own context managers (between a state change and its ``try``) and
     leave the process with gradients off or the meta device's mode popped."""
     usable = (os.name == "posix" and threading.current_thread() is threading.main_thread()
@@ -122,6 +126,56 @@ def _warm(registered: str, data_dim: int) -> None:
 
 
 def memory_estimate(registered: str, data_dim: int, hparams: dict) -> tuple[int, int] | None:
+    """:func:`_estimate`, kept in a cache on disk (:func:`cache_path`) under a hash of the
+    model's name, ``data_dim``, ``hparams``, the sha256 of every source file it trains with
+    (pipeline/code.py) and torch's version, so a run of unchanged settings and code builds no
+    model: the first build on the meta device imports torch._dynamo (~1 s of CPU at every
+    ``snakemake`` start).  A build over BUILD_SECONDS is not cached."""
+    key = _cache_key(registered, data_dim, hparams)
+    cache = _read_cache()
+    if key in cache:
+        return None if cache[key] is None else tuple(cache[key])
+    estimate = _estimate(registered, data_dim, hparams)
+    _write_cache(key, estimate)
+    return estimate
+
+
+def cache_path() -> Path:
+    """$GM_CACHE_DIR, else $XDG_CACHE_HOME/gm-bench, else ~/.cache/gm-bench; the file
+    memory-estimates.json there."""
+    root = os.environ.get("GM_CACHE_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gm-bench"
+    return Path(root) / "memory-estimates.json"
+
+
+def _cache_key(registered: str, data_dim: int, hparams: dict) -> str:
+    import torch
+    files = {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in code.stage_paths("train", registered)}
+    text = json.dumps([registered, data_dim, hparams, files, torch.__version__],
+                      sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_cache() -> dict:
+    try:
+        cache = json.loads(cache_path().read_text())
+    except (OSError, ValueError):   # none yet, unreadable or torn: estimate again
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_cache(key: str, estimate: tuple[int, int] | None) -> None:
+    """Add one entry (atomically: parallel stages may write at once; a lost entry is only
+    estimated again).  A cache that cannot be written is skipped."""
+    try:
+        cache = _read_cache() | {key: None if estimate is None else list(estimate)}
+        write_json(cache_path(), cache)
+    except OSError:
+        pass
+
+
+def _estimate(registered: str, data_dim: int, hparams: dict) -> tuple[int, int] | None:
     """(bytes, parameters) that training model ``registered`` needs at least, found without
     allocating it: the model is built on the meta device and its parameters counted x
     TRAINING_COPIES (value, gradient, two Adam moments), plus its buffers; activations are not

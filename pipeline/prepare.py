@@ -6,7 +6,6 @@ Reads data/raw/<dataset>/, writes data/processed/<dataset>.npz (see gm/data/spli
 """
 from __future__ import annotations
 
-import sys
 
 from gm.data import dataset_spec
 from pipeline import common
@@ -26,4 +25,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.process_main(main)

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import yaml
 
 pytest_plugins = ["cluster_fixtures"]
 os.environ.setdefault("GM_PROGRESS", "0")
+# the memory estimates' cache (pipeline/memory.py): the session's own, never the user's
+os.environ["GM_CACHE_DIR"] = tempfile.mkdtemp(prefix="gm-bench-cache-")
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -258,12 +258,13 @@ def test_the_default_experiment_fits_and_validation_stays_light():
         del os.environ["GM_MEMORY_GB"]
 
 
-def test_a_loaded_machine_does_not_make_a_normal_model_absurd(monkeypatch):
+def test_a_loaded_machine_does_not_make_a_normal_model_absurd(monkeypatch, tmp_path):
     """The meta-build limit is CPU time after an untimed warm-up build: busy processes that
     stretch the wall clock (4 parallel stages outside Snakemake once refused rbm, dbm and fvsbn)
     change nothing."""
     import subprocess
     import sys
+    monkeypatch.setenv("GM_CACHE_DIR", str(tmp_path))     # an empty cache: every model builds
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
     try:
         monkeypatch.setattr(M, "BUILD_SECONDS", 0.5)
@@ -274,6 +275,44 @@ def test_a_loaded_machine_does_not_make_a_normal_model_absurd(monkeypatch):
         for h in hogs:
             h.kill()
             h.wait()
+
+
+def test_estimates_are_cached_by_settings_and_code(tmp_path, monkeypatch):
+    """A second check of the same settings and code builds no model (in a fresh process:
+    torch._dynamo, which the meta build imports, stays unloaded); other sizes, another data
+    dimension or an edited source file of the model are estimated anew."""
+    cache = tmp_path / "cache"
+    code = ("import os, sys\nfrom pipeline import memory as M, params as P\n"
+            "os.environ['GM_MEMORY_GB'] = '16'\nM.check_memory(P.load('params.yaml'))\n"
+            "print('torch._dynamo' in sys.modules)")
+    env = {"GM_CACHE_DIR": str(cache)}
+    assert run(["python", "-c", code], ROOT, env=env).stdout.strip() == "True"
+    assert run(["python", "-c", code], ROOT, env=env).stdout.strip() == "False"
+    assert (cache / "memory-estimates.json").is_file()
+
+    monkeypatch.setenv("GM_CACHE_DIR", str(tmp_path / "other"))
+    key = M._cache_key("rbm", 64, {"n_hidden": 8})
+    assert key == M._cache_key("rbm", 64, {"n_hidden": 8})
+    assert key != M._cache_key("rbm", 64, {"n_hidden": 9})
+    assert key != M._cache_key("rbm", 65, {"n_hidden": 8})
+    src = tmp_path / "rbm.py"
+    src.write_text("x = 1\n")
+    monkeypatch.setattr(M.code, "stage_paths", lambda stage, registered: [src])
+    before = M._cache_key("rbm", 64, {"n_hidden": 8})
+    src.write_text("x = 2\n")
+    assert M._cache_key("rbm", 64, {"n_hidden": 8}) != before
+    built = M._estimate("rbm", 64, {"n_hidden": 8})
+    assert built[1] == 64 * 8 + 64 + 8
+    assert M.memory_estimate("rbm", 64, {"n_hidden": 8}) == built        # built, then kept
+    assert M.memory_estimate("rbm", 64, {"n_hidden": 8}) == built        # read back
+
+
+def test_an_unwritable_cache_only_costs_time(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("GM_CACHE_DIR", str(blocker / "cache"))   # below a file: cannot be made
+    need, n = M.memory_estimate("rbm", 16, {"n_hidden": 4})
+    assert n == 16 * 4 + 20
 
 
 def test_a_build_stopped_by_the_limit_leaves_torch_as_it_was(monkeypatch):

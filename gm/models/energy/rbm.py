@@ -46,6 +46,7 @@ class RBM(EnergyModel):
         self.register_buffer(  # PCD's persistent chains: their hidden states, (n_chains, H)
             "hidden_chains", torch.zeros(config.n_chains if config.persistent else 0,
                                          config.n_hidden))
+        self._update_uniforms: dict[tuple, Uniforms] = {}   # see update_uniforms
 
     # --- conditionals and energies -------------------------------------------------------
     def p_h(self, v: Tensor) -> Tensor:
@@ -92,11 +93,10 @@ class RBM(EnergyModel):
         dtype; the first PCD update, which also starts the chains, gets its own)."""
         if self.base_rate.first_batch and self.config.persistent:
             return Uniforms()
-        cache = self.__dict__.setdefault("_update_uniforms", {})
         key = (n, self.W.device, self.W.dtype)
-        if key not in cache:
-            cache[key] = Uniforms()
-        return cache[key]
+        if key not in self._update_uniforms:
+            self._update_uniforms[key] = Uniforms()
+        return self._update_uniforms[key]
 
     @torch.no_grad()
     def fit_step(self, x: Tensor, *, generator: torch.Generator) -> dict[str, float]:
