@@ -53,19 +53,33 @@ def main() -> None:
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"snakemake failed in {work}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-    train = sum(json.loads(p.read_text())["train_seconds"]
-                for p in work.glob("results/*/*/seed*/train.json"))
-    evals = sum(json.loads(p.read_text())["eval_seconds"]
-                for p in work.glob("results/*/*/seed*/eval.json"))
+    records = ([json.loads(p.read_text()) | {"seconds_key": "train_seconds"}
+                for p in work.glob("results/*/*/seed*/train.json")]
+               + [json.loads(p.read_text()) | {"seconds_key": "eval_seconds"}
+                  for p in work.glob("results/*/*/seed*/eval.json")])
+    train = sum(r["train_seconds"] for r in records if r["seconds_key"] == "train_seconds")
+    evals = sum(r["eval_seconds"] for r in records if r["seconds_key"] == "eval_seconds")
+    # wall seconds of each train/evaluate process from its start to its record, less its compute
+    in_stage = sum(r["cost"]["wall_seconds"] - r[r["seconds_key"]] for r in records)
     n_runs = len(list(work.glob("results/*/*/seed*/eval.json")))
     n_jobs = 3 * len(params["datasets"]) + 2 * n_runs + 1
     compute = train + evals
+
+    t0 = time.perf_counter()   # nothing left to do: parse, DAG, exit
+    subprocess.run(["snakemake", "--cores", "1", "--quiet"], cwd=work, env=env,
+                   capture_output=True, check=True)
+    noop = time.perf_counter() - t0
     report(f"pipeline overhead ({n_runs} runs, {n_jobs} jobs, --cores 1, in {work})", [
         ("wall time of snakemake (s)", wall, ""),
         ("sum of train_seconds (s)", train, ""),
         ("sum of eval_seconds (s)", evals, ""),
         ("start-up of one stage process (s)", startup, "python + import torch, gm, pipeline"),
         ("overhead per job (s)", (wall - compute) / n_jobs, ""),
+        ("  in train/evaluate processes (s)", in_stage,
+         f"{2 * n_runs} processes, start to record, less compute"),
+        ("  snakemake with nothing to do (s)", noop, "start, parse, DAG, exit"),
+        ("  the rest (s)", wall - compute - in_stage - noop,
+         "exits, code/fetch/prepare/classifier/report jobs, scheduling"),
         ("overhead ratio wall / compute - 1", wall / compute - 1, "target <= 1.0")])
     if not args.keep:
         shutil.rmtree(work)

@@ -69,9 +69,10 @@ def _time_limit(seconds: float):
     """Raise _TooSlow in the block after ``seconds`` of this process's CPU time (ITIMER_PROF:
     a loaded machine's wall clock would refuse a normal model; only in the main thread and
     when no other profiling timer is running, else no limit).  The timer only marks the time
-    as up: _TooSlow is raised at the next line of model code (gm/), or at the block's end.  Raised from the signal handler itself it could
-    land inside torch's own context managers (between a state change and its ``try``) and
-    leave the process with gradients off or the meta device's mode popped."""
+    as up: _TooSlow is raised at the next line of model code (gm/), or at the block's end.
+    Raised from the signal handler itself it could land inside torch's own context managers
+    (between a state change and its ``try``) and leave the process with gradients off or the
+    meta device's mode popped."""
     usable = (os.name == "posix" and threading.current_thread() is threading.main_thread()
               and signal.getitimer(signal.ITIMER_PROF)[0] == 0)
     if not usable:
@@ -131,20 +132,28 @@ def memory_estimate(registered: str, data_dim: int, hparams: dict) -> tuple[int,
     (pipeline/code.py) and torch's version, so a run of unchanged settings and code builds no
     model: the first build on the meta device imports torch._dynamo (~1 s of CPU at every
     ``snakemake`` start).  A build over BUILD_SECONDS is not cached."""
+    model_class(registered)   # an unknown model: its ConfigError, before any file is read
     key = _cache_key(registered, data_dim, hparams)
-    cache = _read_cache()
-    if key in cache:
-        return None if cache[key] is None else tuple(cache[key])
+    hit = _read_cache().get(key, ())
+    if hit is None or (isinstance(hit, list) and len(hit) == 2
+                       and all(type(v) is int for v in hit)):
+        return None if hit is None else (hit[0], hit[1])
     estimate = _estimate(registered, data_dim, hparams)
     _write_cache(key, estimate)
     return estimate
 
 
-def cache_path() -> Path:
+def cache_path() -> Path | None:
     """$GM_CACHE_DIR, else $XDG_CACHE_HOME/gm-bench, else ~/.cache/gm-bench; the file
-    memory-estimates.json there."""
-    root = os.environ.get("GM_CACHE_DIR") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gm-bench"
+    memory-estimates.json there.  None (no cache) without a home directory (a container's
+    user with no HOME and no passwd entry)."""
+    root = os.environ.get("GM_CACHE_DIR")
+    if not root:
+        try:
+            base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        except (RuntimeError, KeyError):
+            return None
+        root = Path(base) / "gm-bench"
     return Path(root) / "memory-estimates.json"
 
 
@@ -158,8 +167,9 @@ def _cache_key(registered: str, data_dim: int, hparams: dict) -> str:
 
 
 def _read_cache() -> dict:
+    path = cache_path()
     try:
-        cache = json.loads(cache_path().read_text())
+        cache = json.loads(path.read_text()) if path is not None else {}
     except (OSError, ValueError):   # none yet, unreadable or torn: estimate again
         return {}
     return cache if isinstance(cache, dict) else {}
@@ -168,9 +178,11 @@ def _read_cache() -> dict:
 def _write_cache(key: str, estimate: tuple[int, int] | None) -> None:
     """Add one entry (atomically: parallel stages may write at once; a lost entry is only
     estimated again).  A cache that cannot be written is skipped."""
+    path = cache_path()
+    if path is None:
+        return
     try:
-        cache = _read_cache() | {key: None if estimate is None else list(estimate)}
-        write_json(cache_path(), cache)
+        write_json(path, _read_cache() | {key: None if estimate is None else list(estimate)})
     except OSError:
         pass
 

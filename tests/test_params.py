@@ -315,6 +315,25 @@ def test_an_unwritable_cache_only_costs_time(tmp_path, monkeypatch):
     assert n == 16 * 4 + 20
 
 
+def test_a_user_without_a_home_gets_estimates_without_a_cache(tmp_path):
+    """A container's user with no HOME and no passwd entry: no cache, the same estimate."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to run as a user with no passwd entry")
+    code = ("from pipeline import memory as M\n"
+            "print(M.cache_path(), M.memory_estimate('rbm', 16, {'n_hidden': 4})[1])")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HOME", "GM_CACHE_DIR", "XDG_CACHE_HOME")}
+    r = subprocess.run(["setpriv", "--reuid=54321", "--regid=54321", "--clear-groups",
+                        sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["None", str(16 * 4 + 20)]
+
+
 def test_a_build_stopped_by_the_limit_leaves_torch_as_it_was(monkeypatch):
     """The CPU limit stops an absurd build wherever the timer happens to fire, and torch's
     process-wide state is intact after it: gradients on, no mode left on the function-mode
