@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gm.io import InputError
-
 from gm.data.registry import no_fetch, register_dataset
 from gm.data.splits import Splits, dequantize, split_indices
+from gm.io import InputError
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
