@@ -1,6 +1,7 @@
 """Shared test setup: quiet progress bars, one torch thread, and a scratch project factory."""
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ pytest_plugins = ["cluster_fixtures"]
 os.environ.setdefault("GM_PROGRESS", "0")
 # the memory estimates' cache (pipeline/memory.py): the session's own, never the user's
 os.environ["GM_CACHE_DIR"] = tempfile.mkdtemp(prefix="gm-bench-cache-")
+atexit.register(shutil.rmtree, os.environ["GM_CACHE_DIR"], True)
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
