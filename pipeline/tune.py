@@ -77,33 +77,73 @@ def record_dir(dataset: str, name: str) -> Path:
     return STUDIES / dataset / name
 
 
+@contextlib.contextmanager
+def schema_lock(url: str):
+    """Hold the storage's lock while a worker creates or opens a study: Optuna creates its
+    tables with check-then-create, so two workers starting at once on an empty database
+    collide (``relation "studies" already exists``).  SQLite: a file lock beside the file;
+    PostgreSQL: a session-level advisory lock (the others wait until the holder is done);
+    any other backend: no lock (open_study retries a collision)."""
+    if url.startswith("sqlite:///"):
+        from filelock import FileLock
+        db = Path(url[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{db}.lock"):
+            yield
+        return
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"),
+                             {"k": SCHEMA_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+# pg_advisory_lock's 64-bit key: the first 8 bytes of sha256("gm-bench.optuna-schema").
+SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"gm-bench.optuna-schema").digest()[:8],
+                                 "big", signed=True)
+
+
+def _concurrent_creation(err: Exception) -> bool:
+    """Whether ``err`` is a collision with another worker creating the same schema or study."""
+    text = type(err).__name__ + str(err)
+    return "IntegrityError" in text or "already exists" in text
+
+
 def open_study(settings: dict, url: str, *, worker: int = 0):
-    """The Optuna study of ``settings`` in storage ``url`` (created if new), maximising."""
+    """The Optuna study of ``settings`` in storage ``url`` (created if new), maximising.
+    Workers starting at once create the schema and the study one at a time (schema_lock)."""
     import warnings
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    from filelock import FileLock
-    lock = contextlib.nullcontext()
     if url.startswith("sqlite:///"):
-        db = Path(url[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"connect_args": {"timeout": 120}}   # workers wait for the file lock
-        lock = FileLock(f"{db}.lock")                 # one creates the schema, the rest wait
     else:
         kwargs = {"pool_pre_ping": True}
     sampler = optuna.samplers.TPESampler(seed=settings["seed"] + worker,
                                          n_startup_trials=settings["startup_trials"])
-    for attempt in range(5):   # workers on other nodes may create the schema at the same time
+    for attempt in range(5):   # backends without a lock: a collision is retried
         try:
-            with lock:
+            with schema_lock(url):
                 storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
                                                      heartbeat_interval=30, grace_period=120)
                 return optuna.create_study(study_name=search.study_name(settings),
                                            storage=storage, sampler=sampler,
                                            direction="maximize", load_if_exists=True)
-        except Exception as err:  # noqa: BLE001 - IntegrityError of a concurrent creation
-            if attempt == 4 or "IntegrityError" not in type(err).__name__ + str(err):
+        except Exception as err:  # noqa: BLE001 - a concurrent creation, on lockless backends
+            if attempt == 4 or not _concurrent_creation(err):
                 raise
             time.sleep(1 + attempt)
 

@@ -185,3 +185,53 @@ def test_collapse_penalty_counts_near_duplicate_samples():
     assert duplicate_fraction(collapsed, reference) == 1.0
     half = torch.cat([distinct[:50], distinct[:1].repeat(50, 1)])
     assert duplicate_fraction(half, reference) == pytest.approx(0.51, abs=0.01)
+
+
+def _open_each(urls, barrier, results, k):
+    """Child process k: open the same study in each empty database, the workers all at once."""
+    from pipeline.tune import open_study
+    settings = {"seed": 0, "startup_trials": 1, "dataset": "d", "model": "m", "space": {}}
+    for i, url in enumerate(urls):
+        barrier.wait()
+        time.sleep(0.005 * k * i)   # worker k starts 0-35 ms after worker 0: every overlap
+        try:
+            results.put((url, open_study(settings, url)._study_id))
+        except Exception as err:  # noqa: BLE001 - reported to the parent
+            results.put((url, f"{type(err).__name__}: {str(err).splitlines()[0]}"))
+
+
+def test_workers_starting_at_once_on_an_empty_postgresql_open_one_study(fresh_database):
+    """SLURM starts a study's workers at the same moment; Optuna creates its tables with
+    check-then-create, so without pipeline.tune.schema_lock one of two workers failed with
+    `relation "studies" already exists` (in every run of this test: 4 of 4 failed without it).
+    Three real processes, 8 rounds, each on a new empty database, the workers' starts staggered
+    by 0-35 ms: every worker opens the one study."""
+    import multiprocessing
+
+    import psycopg2
+    base, _, name = fresh_database.rpartition("/")
+    names = [f"{name}_{i}" for i in range(8)]
+    conn = psycopg2.connect(fresh_database)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for n in names:
+                cur.execute(f"CREATE DATABASE {n}")
+        ctx = multiprocessing.get_context("fork")
+        barrier, results = ctx.Barrier(3), ctx.Queue()
+        urls = [f"{base}/{n}" for n in names]
+        procs = [ctx.Process(target=_open_each, args=(urls, barrier, results, k)) for k in range(3)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=300) for _ in range(3 * len(urls))]
+        for p in procs:
+            p.join(60)
+        failures = [g for g in got if not isinstance(g[1], int)]
+        assert not failures, failures
+        for url in urls:
+            assert len({sid for u, sid in got if u == url}) == 1, got
+    finally:
+        with conn.cursor() as cur:
+            for n in names:
+                cur.execute(f"DROP DATABASE IF EXISTS {n} WITH (FORCE)")
+        conn.close()
