@@ -5,7 +5,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from pipeline import code, provenance, search
+from pipeline import code, provenance, search, warm
 from pipeline.params import (canonical, check_config, error_line, evaluate_settings,
                              registered_model, report_dir, runs, stage_resources, train_settings,
                              tuned_dir)
@@ -34,6 +34,11 @@ if workflow.is_main_process:
         else:
             provenance.request_rerun(Path(f"results/code/{name}.{stage}.json"),
                                      f"{stage} results were made with other settings")
+
+
+onstart:  # local jobs fork from a server that has imported torch and the stages (pipeline/warm.py)
+    if workflow.local_exec and os.environ.get("GM_WARM") != "0":
+        os.environ["GM_WARM"] = warm.start()
 
 
 def quick_exit():

@@ -9,6 +9,10 @@ scored exactly like a model's samples, per data view, so every metric shows its 
 """
 from __future__ import annotations
 
+if __name__ == "__main__":   # a child of the warm-start server when there is one (pipeline/warm.py)
+    from pipeline.warm import delegate
+    delegate("pipeline.classifier")
+
 from pathlib import Path
 
 import torch

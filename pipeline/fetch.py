@@ -4,6 +4,10 @@
 """
 from __future__ import annotations
 
+if __name__ == "__main__":   # a child of the warm-start server when there is one (pipeline/warm.py)
+    from pipeline.warm import delegate
+    delegate("pipeline.fetch")
+
 
 from gm.data import dataset_spec
 from pipeline import common

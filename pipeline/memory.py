@@ -159,11 +159,17 @@ def cache_path() -> Path | None:
 
 def _cache_key(registered: str, data_dim: int, hparams: dict) -> str:
     import torch
-    files = {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in code.stage_paths("train", registered)}
-    text = json.dumps([registered, data_dim, hparams, files, torch.__version__],
-                      sort_keys=True, default=repr)
+    text = json.dumps([registered, data_dim, hparams, _code_digest(registered),
+                       torch.__version__], sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.cache
+def _code_digest(registered: str) -> str:
+    """sha256 over the model's train-stage source files (pipeline/code.py's fingerprint:
+    package-relative names, so a copy of the project in another folder shares the cache),
+    hashed once per process."""
+    return code.fingerprint(code.stage_paths("train", registered))["sha256"]
 
 
 def _read_cache() -> dict:

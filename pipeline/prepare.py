@@ -6,6 +6,10 @@ Reads data/raw/<dataset>/, writes data/processed/<dataset>.npz (see gm/data/spli
 """
 from __future__ import annotations
 
+if __name__ == "__main__":   # a child of the warm-start server when there is one (pipeline/warm.py)
+    from pipeline.warm import delegate
+    delegate("pipeline.prepare")
+
 
 from gm.data import dataset_spec
 from pipeline import common

@@ -19,6 +19,10 @@ Meanwhile a second process sends the runs' pending MLflow calls (pipeline/tracki
 """
 from __future__ import annotations
 
+if __name__ == "__main__":   # a child of the warm-start server when there is one (pipeline/warm.py)
+    from pipeline.warm import delegate
+    delegate("pipeline.report")
+
 import dataclasses
 import json
 import math

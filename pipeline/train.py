@@ -13,6 +13,10 @@ travels in the checkpoint: a resume continues the same run and logs each epoch o
 """
 from __future__ import annotations
 
+if __name__ == "__main__":   # a child of the warm-start server when there is one (pipeline/warm.py)
+    from pipeline.warm import delegate
+    delegate("pipeline.train")
+
 import json
 import math
 import time

@@ -35,6 +35,10 @@ MLflow run (experiment ``<D>-tune``) nested under the study's run.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":   # a child of the warm-start server when there is one (pipeline/warm.py)
+    from pipeline.warm import delegate
+    delegate("pipeline.tune")
+
 import argparse
 import contextlib
 import hashlib

@@ -295,12 +295,24 @@ def test_estimates_are_cached_by_settings_and_code(tmp_path, monkeypatch):
     assert key == M._cache_key("rbm", 64, {"n_hidden": 8})
     assert key != M._cache_key("rbm", 64, {"n_hidden": 9})
     assert key != M._cache_key("rbm", 65, {"n_hidden": 8})
-    src = tmp_path / "rbm.py"
-    src.write_text("x = 1\n")
-    monkeypatch.setattr(M.code, "stage_paths", lambda stage, registered: [src])
-    before = M._cache_key("rbm", 64, {"n_hidden": 8})
-    src.write_text("x = 2\n")
-    assert M._cache_key("rbm", 64, {"n_hidden": 8}) != before
+    copies = []   # two copies of a project's model source in other folders
+    for name in ("a", "b"):
+        src = tmp_path / name / "gm" / "models" / "rbm.py"
+        src.parent.mkdir(parents=True)
+        src.write_text("x = 1\n")
+        copies.append(src)
+    keys = []
+    for src in copies + copies[:1]:
+        monkeypatch.setattr(M.code, "package_root", lambda package, root=src.parents[2]: root)
+        monkeypatch.setattr(M.code, "stage_paths", lambda stage, registered, src=src: [src])
+        M._code_digest.cache_clear()
+        if len(keys) == 2:
+            src.write_text("x = 2\n")     # the model's source edited
+        keys.append(M._cache_key("rbm", 64, {"n_hidden": 8}))
+    assert keys[0] == keys[1] != keys[2]
+    monkeypatch.undo()
+    M._code_digest.cache_clear()
+    monkeypatch.setenv("GM_CACHE_DIR", str(tmp_path / "other"))
     built = M._estimate("rbm", 64, {"n_hidden": 8})
     assert built[1] == 64 * 8 + 64 + 8
     assert M.memory_estimate("rbm", 64, {"n_hidden": 8}) == built        # built, then kept

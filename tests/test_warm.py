@@ -1,0 +1,140 @@
+"""Warm starts (pipeline/warm.py): stage processes forked from a server that has imported
+torch and the stages give the same numbers as cold ones, and die and fail as processes do."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, make_project, run, tiny_params
+
+TIMING = {"train_seconds", "eval_seconds", "epoch_seconds", "cost", "mlflow_run_uid"}
+
+
+def strip(obj):
+    if isinstance(obj, dict):
+        return {k: strip(v) for k, v in obj.items() if k not in TIMING}
+    if isinstance(obj, list):
+        return [strip(v) for v in obj]
+    return obj
+
+
+def results(project: Path) -> dict:
+    return {str(p.relative_to(project)): strip(json.loads(p.read_text()))
+            for p in sorted(project.glob("results/*/*/seed*/*.json"))}
+
+
+def test_warm_and_cold_runs_give_the_same_numbers(tmp_path):
+    warm = make_project(tmp_path / "warm", tiny_params())
+    cold = make_project(tmp_path / "cold", tiny_params())
+    run(["snakemake", "--cores", "2"], warm)
+    run(["snakemake", "--cores", "2"], cold, env={"GM_WARM": "0"})
+    forked = (warm / "logs" / "warm.log").read_text()
+    assert "forked pipeline.train" in forked and "forked pipeline.evaluate" in forked
+    assert not (cold / "logs" / "warm.log").exists()
+    assert results(warm) == results(cold) and results(warm)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A server for a prepared tiny project; yields (project, socket, server process)."""
+    project = make_project(tmp_path / "p", tiny_params())
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", GM_WARM="0")
+    for stage in ("fetch", "prepare"):
+        run(["python", "-m", f"pipeline.{stage}", "--dataset", "bars_stripes"], project)
+    sock = tmp_path / "gm-warm-test" / "socket"
+    sock.parent.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.warm", "--socket", str(sock),
+                             "--parent", str(os.getpid())], cwd=project, env=env,
+                            stderr=open(tmp_path / "warm.log", "w"))
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield project, sock, proc
+    proc.kill()
+    proc.wait()
+
+
+def train(project: Path, sock: Path, epochs: int = 400) -> subprocess.Popen:
+    """A train process that hands itself to the server; long enough to be caught running."""
+    params = tiny_params()
+    params["models"]["rbm"]["train"]["epochs"] = epochs
+    (project / "long.yaml").write_text(json.dumps(params))
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", GM_WARM=str(sock),
+               GM_MEMORY_CHECKED="1")
+    return subprocess.Popen([sys.executable, "-m", "pipeline.train", "--dataset", "bars_stripes",
+                             "--model", "rbm", "--seed", "0", "--params", "long.yaml"],
+                            cwd=project, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def children(server: subprocess.Popen, timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        if kids:
+            return [int(k) for k in kids]
+        time.sleep(0.05)
+    raise AssertionError("no child was forked")
+
+
+def gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                         if line.startswith("State:"))
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if "Z" in state.split()[1]:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_killed_stage_process_takes_its_child_with_it(server):
+    project, sock, proc = server
+    client = train(project, sock)
+    child = children(proc)[0]
+    client.kill()
+    client.wait()
+    assert gone(child)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_reach_the_child_and_its_end_is_the_process_end(server, sig):
+    project, sock, proc = server
+    client = train(project, sock)
+    child = children(proc)[0]
+    client.send_signal(sig)
+    rc = client.wait(timeout=60)
+    assert gone(child)
+    assert rc == -sig, rc       # as a cold process: killed by SIGTERM; by SIGINT after the
+    #                             KeyboardInterrupt's traceback (python's own exit)
+
+
+def test_a_killed_server_fails_its_jobs_with_one_line(server):
+    project, sock, proc = server
+    client = train(project, sock)
+    child = children(proc)[0]
+    proc.kill()
+    proc.wait()
+    _, err = client.communicate(timeout=60)
+    assert client.returncode == 1
+    assert err.strip().splitlines()[-1].startswith("error: the warm-start server ended")
+    assert gone(child)
+
+
+def test_a_changed_source_file_runs_cold(server, tmp_path):
+    project, sock, proc = server
+    source = project / "pipeline" / "train.py"
+    os.utime(source, ns=(time.time_ns(), time.time_ns()))
+    client = train(project, sock, epochs=2)
+    _, err = client.communicate(timeout=300)
+    assert client.returncode == 0, err[-2000:]
+    assert "source files changed" in (tmp_path / "warm.log").read_text()
+    assert json.loads((project / "results/bars_stripes/rbm/seed0/train.json").read_text())
