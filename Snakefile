@@ -112,6 +112,20 @@ rule code_report:
     shell: "python -m pipeline.code --stage report 2> {log}"
 
 
+rule code_prepare:
+    input: lambda w: code.stage_files("prepare", dataset=w.dataset)
+    output: "results/code/{dataset}.prepare.json"
+    log: "logs/code/{dataset}.prepare.log"
+    shell: "python -m pipeline.code --stage prepare --dataset {wildcards.dataset} 2> {log}"
+
+
+rule code_classifier:
+    input: lambda w: code.stage_files("classifier")
+    output: "results/code/classifier.json"
+    log: "logs/code/classifier.log"
+    shell: "python -m pipeline.code --stage classifier 2> {log}"
+
+
 rule fetch:
     output: directory("data/raw/{dataset}")
     params: options=lambda w: config["datasets"][w.dataset]
@@ -120,7 +134,7 @@ rule fetch:
 
 
 rule prepare:
-    input: "data/raw/{dataset}", "pipeline/prepare.py"
+    input: "data/raw/{dataset}", "results/code/{dataset}.prepare.json"
     output: "data/processed/{dataset}.npz"
     params: options=lambda w: config["datasets"][w.dataset]
     log: "logs/prepare/{dataset}.log"
@@ -128,7 +142,7 @@ rule prepare:
 
 
 rule classifier:
-    input: "data/processed/{dataset}.npz", "pipeline/classifier.py"
+    input: "data/processed/{dataset}.npz", "results/code/classifier.json"
     output: "results/{dataset}/classifier.pt", "results/{dataset}/reference.json"
     params: seed=config["seed"], reference={k: config["evaluate"].get(k) for k in ("n_bootstrap", "metric_images")}
     log: "logs/classifier/{dataset}.log"

@@ -2,14 +2,17 @@
 
     python -m pipeline.code --stage train --model M      # writes results/code/M.train.json
     python -m pipeline.code --stage evaluate --model M   # writes results/code/M.evaluate.json
+    python -m pipeline.code --stage prepare --dataset D  # writes results/code/D.prepare.json
+    python -m pipeline.code --stage classifier           # writes results/code/classifier.json
     python -m pipeline.code --stage report               # writes results/code/report.json
 
 A stage's files are the transitive closure of the ``import`` statements (read from the source,
 never executed) of ``pipeline/<stage>.py`` and, for train and evaluate, of the file that
-registers the model (``@register("<name>")``; a variant's ``base:``), within the ``gm`` and
-``pipeline`` packages, with the ``__init__.py`` of every package on the way.  Models that the
-registry imports by name at run time are not edges, so editing one model's file changes only its
-own fingerprints.  Train and evaluate depend on their fingerprint file; Snakemake reruns this
+registers the model (``@register("<name>")``; a variant's ``base:``), and for prepare of the file
+that registers the dataset (``register_dataset("<name>", ...)``), within the ``gm`` and
+``pipeline`` packages, with the ``__init__.py`` of every package on the way.  Models and datasets
+that the registries import by name at run time are not edges, so editing one model's file changes
+only its own fingerprints.  The stages depend on their fingerprint file; Snakemake reruns this
 stage when one of the files is newer (its inputs), DVC at every ``dvc repro``
 (``always_changed``) and then reruns only the stages whose fingerprint changed.  Torch-free on
 purpose: it takes a tenth of a second.
@@ -27,7 +30,8 @@ import sys
 from pathlib import Path
 
 PACKAGES = ("gm", "pipeline")
-STAGES = ("train", "evaluate", "report")
+STAGES = ("train", "evaluate", "prepare", "classifier", "report")
+PER_MODEL, PER_DATASET = ("train", "evaluate"), ("prepare",)
 OUT = Path("results/code")
 
 
@@ -112,22 +116,40 @@ def registrations() -> dict[str, Path]:
     return found
 
 
-def stage_paths(stage: str, registered: str | None = None) -> list[Path]:
-    """The source files that ``stage`` runs (for model ``registered``)."""
+@functools.cache
+def dataset_registrations() -> dict[str, Path]:
+    """Dataset name -> the file under gm/data/ that calls ``register_dataset("<name>", ...)``."""
+    found = {}
+    for path in sorted((package_root("gm") / "gm" / "data").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register_dataset"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                found[node.args[0].value] = path
+    return found
+
+
+def stage_paths(stage: str, registered: str | None = None,
+                dataset: str | None = None) -> list[Path]:
+    """The source files that ``stage`` runs (for model ``registered``, or dataset ``dataset``)."""
     starts = [package_root("pipeline") / "pipeline" / f"{stage}.py"]
     if registered is not None:
         if registered not in registrations():
             raise SystemExit(f"error: no file registers model {registered!r} under gm/models/")
         starts.append(registrations()[registered])
+    if dataset is not None:
+        if dataset not in dataset_registrations():
+            raise SystemExit(f"error: no file registers dataset {dataset!r} under gm/data/")
+        starts.append(dataset_registrations()[dataset])
     return closure(starts)
 
 
-def stage_files(stage: str, registered: str | None = None) -> list[str]:
+def stage_files(stage: str, registered: str | None = None,
+                dataset: str | None = None) -> list[str]:
     """:func:`stage_paths` as Snakemake inputs: relative below the working directory,
     absolute elsewhere (an installed gm)."""
     cwd = Path.cwd().resolve()
     return [str(p.relative_to(cwd)) if p.is_relative_to(cwd) else str(p)
-            for p in stage_paths(stage, registered)]
+            for p in stage_paths(stage, registered, dataset)]
 
 
 def fingerprint(paths: list[Path]) -> dict:
@@ -172,26 +194,31 @@ def tuned_hashes(params_files: list[str], run_name: str) -> dict[str, str]:
     return out
 
 
-def output_path(stage: str, model: str | None) -> Path:
-    return OUT / (f"{model}.{stage}.json" if model else f"{stage}.json")
+def output_path(stage: str, name: str | None) -> Path:
+    """results/code/<model or dataset>.<stage>.json, or <stage>.json for a stage of neither."""
+    return OUT / (f"{name}.{stage}.json" if name else f"{stage}.json")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", required=True, choices=STAGES)
     ap.add_argument("--model", help="run name (train and evaluate)")
+    ap.add_argument("--dataset", help="dataset name (prepare)")
     ap.add_argument("--params", nargs="+",
                     default=[p for p in (os.environ.get("GM_PARAMS") or "params.yaml").split(os.pathsep) if p])
     args = ap.parse_args(argv)
-    if (args.model is None) != (args.stage == "report"):
-        print("error: --model is required for train and evaluate, not for report", file=sys.stderr)
-        return 2
+    for flag, stages in (("model", PER_MODEL), ("dataset", PER_DATASET)):
+        if (getattr(args, flag) is None) == (args.stage in stages):
+            print(f"error: --{flag} is required for {' and '.join(stages)} and for no other "
+                  f"stage", file=sys.stderr)
+            return 2
     registered = registered_model(args.params, args.model) if args.model else None
     record = {"stage": args.stage, "model": args.model, "registered": registered,
-              **fingerprint(stage_paths(args.stage, registered))}
+              **({"dataset": args.dataset} if args.dataset else {}),
+              **fingerprint(stage_paths(args.stage, registered, args.dataset))}
     if args.stage == "train":   # DVC cannot name a file that may not exist as a param: this
         record["tuned"] = tuned_hashes(args.params, args.model)   # file changes instead
-    out = output_path(args.stage, args.model)
+    out = output_path(args.stage, args.model or args.dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")

@@ -8,7 +8,8 @@ A fingerprint is a dict of part digests plus their joint ``sha256``:
   :mod:`pipeline.code`);
 - evaluate (eval.json): the train fingerprint of the checkpoint, ``settings`` (the resolved
   ``evaluate:`` settings of the run) and ``code`` (the evaluate stage's files);
-- report (its header): params.yaml (merged), every code fingerprint, the data checksums.
+- report (its header): params.yaml (merged), the code fingerprints of train and evaluate of
+  every run, of the classifier and of the report, the data checksums.
 
 Evaluate refuses a checkpoint whose params or data part differs from what the current params
 and data imply; the Snakefile reruns a stage whose recorded settings differ from today's (so
@@ -94,7 +95,8 @@ def report_fingerprint(params: dict, data_checksums: dict[str, str]) -> dict:
     stages = {f"{stage}:{name}": code.fingerprint(
         code.stage_paths(stage, P.registered_model(params, name)))["sha256"]
         for name in runs for stage in ("train", "evaluate")}
-    stages["report"] = code.fingerprint(code.stage_paths("report"))["sha256"]
+    for stage in ("classifier", "report"):   # prepare's code is in the data checksums
+        stages[stage] = code.fingerprint(code.stage_paths(stage))["sha256"]
     inputs = {k: v for k, v in params.items() if k != "resources"}   # scheduling hints only
     tuned = {f"{ds}/{name}": block for ds, name in sorted({(d, n) for d, n, _ in P.runs(params)})
              if (block := P.tuned_block(params, ds, name))}

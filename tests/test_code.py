@@ -16,6 +16,15 @@ def test_every_registered_model_has_its_file_found_without_importing_it():
     assert set(code.registrations()) == set(gm.model_names())
 
 
+def test_every_dataset_has_its_module_found_and_prepare_depends_on_it_alone():
+    from gm.data.registry import dataset_names
+    assert set(code.dataset_registrations()) == set(dataset_names())
+    digits = {str(p.relative_to(ROOT)) for p in code.stage_paths("prepare", dataset="digits")}
+    assert {"gm/data/digits.py", "pipeline/prepare.py", "gm/data/splits.py"} <= digits
+    assert "gm/data/mnist.py" not in digits
+    assert "gm/metrics/classifier.py" in names("classifier")
+
+
 def test_a_model_depends_on_its_bases_and_estimators_not_on_other_models():
     rbm = names("train", "rbm")
     assert {"gm/models/energy/rbm.py", "gm/models/energy/base.py", "gm/base.py",

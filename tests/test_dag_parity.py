@@ -65,8 +65,9 @@ def test_snakefile_and_dvc_yaml_declare_the_same_dag(project):
     path = project(p)
     smk, dvc = snakemake_jobs(path), dvc_stages(path)
     assert set(smk) == set(dvc), set(smk) ^ set(dvc)
-    # fetch/prepare/classifier, train/evaluate, report; code of train/evaluate per model, report
-    assert len(smk) == 2 * 3 + 2 * 2 * 2 + 1 + 2 + 1
+    # fetch/prepare/classifier, train/evaluate, report; code of train/evaluate per model,
+    # of prepare per dataset, of the classifier and of the report
+    assert len(smk) == 2 * 3 + 2 * 2 * 2 + 1 + 2 + 2 + 1 + 1
     for cmd in smk:
         assert smk[cmd]["outputs"] == dvc[cmd]["outputs"], cmd
         if is_code_stage(cmd):   # Snakemake: the files the stage imports; DVC: gm/ and pipeline/

@@ -101,7 +101,8 @@ def rbm_and_fvsbn_project(project):
 def test_dvc_repro_reruns_only_what_a_parameter_touches(project):
     path = rbm_and_fvsbn_project(project)
     first = run(["dvc", "repro"], path, timeout=900).stdout
-    assert len(ran_stages(first)) == 8 + 5        # and the code fingerprints: 2 models x 2, report
+    # and the code fingerprints: 2 models x 2, report, prepare, classifier
+    assert len(ran_stages(first)) == 8 + 7
     assert ran_stages(run(["dvc", "repro"], path).stdout) == set()
     metrics = run(["dvc", "metrics", "show", "--json"], path).stdout
     assert "test_log_likelihood" in metrics and "reports/metrics.json" in metrics
@@ -122,6 +123,10 @@ def test_dvc_repro_reruns_only_what_a_parameter_touches(project):
     edit_source(path, "gm/estimators/exact.py")                # used by rbm, not by fvsbn
     assert model_stages(run(["dvc", "repro"], path, timeout=900).stdout) == {
         "train@run0-0", "evaluate@run0-0", "report"}
+    # the dataset's module reruns prepare; its bytes are the same, so no model reruns (the
+    # report does: it depends on all of results/, the new fingerprint included)
+    edit_source(path, "gm/data/bars_stripes.py")
+    assert model_stages(run(["dvc", "repro"], path).stdout) == {"prepare@bars_stripes", "report"}
     import yaml
     params = yaml.safe_load((path / "params.yaml").read_text())
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))  # reordered
@@ -173,6 +178,16 @@ def test_snakemake_reruns_exactly_the_stages_whose_code_changed(project):
                                     ("report", "")}
     edit_source(path, "pipeline/report.py")
     assert ("code_report", "") in snakemake_jobs(path) and ("train", "rbm") in snakemake_jobs(path)
+    # the stages before training: a dataset's module, the classifier's code
+    run(["snakemake", "--cores", "2"], path, timeout=900)
+    edit_source(path, "gm/data/bars_stripes.py")
+    assert {("code_prepare", ""), ("prepare", "")} <= snakemake_jobs(path)
+    run(["snakemake", "--cores", "2"], path, timeout=900)
+    edit_source(path, "gm/data/digits.py")                     # another dataset's module
+    assert snakemake_jobs(path) == set()
+    edit_source(path, "gm/metrics/classifier.py")
+    jobs = snakemake_jobs(path)
+    assert {("code_classifier", ""), ("classifier", "")} <= jobs and ("prepare", "") not in jobs
     run(["snakemake", "--cores", "2"], path, timeout=900)
     # results that DVC made with a value since reverted are not taken as up to date
     text = (path / "params.yaml").read_text()
