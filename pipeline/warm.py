@@ -7,8 +7,10 @@ the process hands its arguments, working directory, environment and standard str
 server and waits; the server forks a child that runs the stage as the process would have, and
 the process exits with the child's status.  Signals the process receives go to the child; a
 process killed outright takes the child with it (the child watches it), and so does a killed
-server.  No server, a refused connection, or a source file changed since the server imported
-it: the process runs the stage itself, as before.  Standard library only on the client side.
+server.  No server, a refused connection, a source file changed since the server imported it,
+a stage file other than the server's (another copy of the project), or an environment variable
+read at import time (IMPORT_ENV) that differs from the server's: the process runs the stage
+itself, as before.  Standard library only on the client side.
 
     python -m pipeline.warm --socket PATH --parent PID     # the server (the Snakefile's)
 """
@@ -27,6 +29,21 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
 # optuna) after the fork, keeping the server free of their threads (pyarrow's jemalloc)
 PRELOADED = ("pipeline.train", "pipeline.evaluate", "pipeline.classifier", "pipeline.prepare",
              "pipeline.fetch")
+# Variables that modules read when imported (gm/linalg.py, pipeline/tracking.py, torch and its
+# OpenMP/MKL/oneDNN runtimes) or that the interpreter fixes at start: a job whose values differ
+# from the server's starting environment runs cold, as a forked child would keep the server's.
+# Not the *_NUM_THREADS that Snakemake sets per job: every stage sets torch's thread count
+# itself (pipeline/common.py run_stage, from GM_TORCH_THREADS), which overrides them.
+IMPORT_ENV = ("GM_ONEDNN", "GM_MLFLOW_RETRIES", "GM_MLFLOW_FLUSH_SECONDS", "GM_MLFLOW_DEFER_SECONDS",
+              "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "PYTHONHASHSEED",
+              "PYTHONPATH")
+IMPORT_ENV_PREFIXES = ("OMP_", "MKL_", "KMP_", "DNNL_", "ONEDNN_", "TORCH_", "PYTORCH_")
+
+
+def import_env(env) -> dict[str, str]:
+    """The part of ``env`` that imported modules have already read (IMPORT_ENV)."""
+    return {k: v for k, v in env.items() if k in IMPORT_ENV
+            or (k.startswith(IMPORT_ENV_PREFIXES) and not k.endswith("_NUM_THREADS"))}
 
 
 def delegate(module: str) -> None:
@@ -39,13 +56,14 @@ def delegate(module: str) -> None:
     try:
         sock.connect(path)
         request = repr({"module": module, "argv": sys.argv[1:], "cwd": os.getcwd(),
-                        "env": dict(os.environ), "pid": os.getpid()}).encode()
+                        "env": dict(os.environ), "pid": os.getpid(),
+                        "file": os.path.realpath(sys.modules["__main__"].__file__)}).encode()
         socket.send_fds(sock, [struct.pack("!Q", len(request)) + request], [0, 1, 2])
         reply = _line(sock)
     except OSError:
         sock.close()
         return
-    if not reply.startswith("pid "):          # "cold": the server's code is stale
+    if not reply.startswith("pid "):          # "cold": see serve()
         sock.close()
         return
     child = int(reply.split()[1])
@@ -91,12 +109,15 @@ def start(log: str = "logs/warm.log") -> str:
 
 def serve(path: str, parent: int) -> int:
     """Import the stages, then fork one child per request until ``parent`` (Snakemake) exits
-    or a source file changes; children still running are waited for."""
+    or a source file changes; children still running are waited for.  A request for a stage
+    file other than the server's, or with other import-time variables, is answered "cold"."""
     import ast
     import gc
     import importlib
+    import resource
     import select
     import threading
+    env = import_env(os.environ)        # before the imports (pipeline/tracking.py sets some)
     for module in PRELOADED:
         importlib.import_module(module)
     if threading.active_count() > 1:   # a Python thread would not survive fork() (torch's own
@@ -109,7 +130,7 @@ def serve(path: str, parent: int) -> int:
     listener.listen(64)
     watch = os.pidfd_open(parent)
     running: dict[int, socket.socket] = {}
-    serving = True
+    serving, counts = True, {"forked": 0, "cold": 0}
     while serving or running:
         ready, _, _ = select.select([listener, watch] if serving else [], [], [], 0.02)
         _reap(running)
@@ -117,14 +138,25 @@ def serve(path: str, parent: int) -> int:
             serving = False
         if listener in ready:
             conn, _ = listener.accept()
-            if _sources() != sources:
-                print("source files changed: jobs run cold from now on", file=sys.stderr,
-                      flush=True)
+            fds, request = _receive(conn, ast)
+            why = _cold_reason(request, env)
+            if why is None and _sources() != sources:
+                why, serving = "source files changed: jobs run cold from now on", False
+            if why is not None:
+                print(f"{request['module']} {' '.join(request['argv'])} runs cold: {why}",
+                      file=sys.stderr, flush=True)
+                for fd in fds:
+                    os.close(fd)
                 conn.sendall(b"cold\n")
                 conn.close()
-                serving = False
+                counts["cold"] += 1
                 continue
-            _fork(conn, listener, watch, running, ast)
+            _fork(conn, fds, request, listener, watch, running)
+            counts["forked"] += 1
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"served {counts['forked']} jobs warm, {counts['cold']} cold; the warm jobs' CPU: "
+          f"{used.ru_utime:.1f} s user, {used.ru_stime:.1f} s system", file=sys.stderr,
+          flush=True)
     listener.close()
     os.unlink(path)
     if os.path.basename(os.path.dirname(path)).startswith("gm-warm-"):
@@ -144,13 +176,30 @@ def _sources() -> dict[str, float]:
     return out
 
 
-def _fork(conn, listener, watch, running, ast) -> None:
+def _receive(conn, ast) -> tuple[list[int], dict]:
+    """A client's standard stream fds and its request (pipeline/warm.py delegate)."""
     head, fds, _, _ = socket.recv_fds(conn, 8, 3)
     size = struct.unpack("!Q", head)[0]
     body = b""
     while len(body) < size:
         body += conn.recv(size - len(body))
-    request = ast.literal_eval(body.decode())
+    return fds, ast.literal_eval(body.decode())
+
+
+def _cold_reason(request: dict, env: dict) -> str | None:
+    """Why the server must not run ``request`` (None: it may)."""
+    import importlib.util
+    spec = importlib.util.find_spec(request["module"])
+    if spec is None or os.path.realpath(spec.origin) != request["file"]:
+        return f"its stage file {request['file']} is not the server's"
+    theirs = import_env(request["env"])
+    if theirs != env:
+        keys = sorted(k for k in theirs.keys() | env.keys() if theirs.get(k) != env.get(k))
+        return f"{', '.join(keys)} differ from the server's (read at import)"
+    return None
+
+
+def _fork(conn, fds, request, listener, watch, running) -> None:
     pid = os.fork()
     if pid == 0:
         try:

@@ -2,6 +2,7 @@
 torch and the stages give the same numbers as cold ones, and die and fail as processes do."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,13 @@ def test_warm_and_cold_runs_give_the_same_numbers(tmp_path):
     run(["snakemake", "--cores", "2"], cold, env={"GM_WARM": "0"})
     forked = (warm / "logs" / "warm.log").read_text()
     assert "forked pipeline.train" in forked and "forked pipeline.evaluate" in forked
+    assert "runs cold" not in forked
+    deadline = time.monotonic() + 30       # the server's last line: after Snakemake's exit
+    while "served" not in (warm / "logs" / "warm.log").read_text():
+        assert time.monotonic() < deadline, "the server did not say what it served"
+        time.sleep(0.1)
+    assert re.search(r"served \d+ jobs warm, 0 cold; the warm jobs' CPU: [\d.]+ s user",
+                     (warm / "logs" / "warm.log").read_text())
     assert not (cold / "logs" / "warm.log").exists()
     assert results(warm) == results(cold) and results(warm)
 
@@ -60,13 +68,13 @@ def server(tmp_path):
     proc.wait()
 
 
-def train(project: Path, sock: Path, epochs: int = 400) -> subprocess.Popen:
+def train(project: Path, sock: Path, epochs: int = 400, **env) -> subprocess.Popen:
     """A train process that hands itself to the server; long enough to be caught running."""
     params = tiny_params()
     params["models"]["rbm"]["train"]["epochs"] = epochs
     (project / "long.yaml").write_text(json.dumps(params))
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", GM_WARM=str(sock),
-               GM_MEMORY_CHECKED="1")
+               GM_MEMORY_CHECKED="1", **env)
     return subprocess.Popen([sys.executable, "-m", "pipeline.train", "--dataset", "bars_stripes",
                              "--model", "rbm", "--seed", "0", "--params", "long.yaml"],
                             cwd=project, env=env, stderr=subprocess.PIPE, text=True)
@@ -138,3 +146,24 @@ def test_a_changed_source_file_runs_cold(server, tmp_path):
     assert client.returncode == 0, err[-2000:]
     assert "source files changed" in (tmp_path / "warm.log").read_text()
     assert json.loads((project / "results/bars_stripes/rbm/seed0/train.json").read_text())
+
+
+def test_jobs_the_server_cannot_run_as_they_would_run_start_cold(server, tmp_path):
+    """A job whose import-time variables differ from the server's (here GM_ONEDNN, read when
+    gm/linalg.py is imported), and a job of another copy of the project, run in their own
+    process and still succeed; a job like the server's is forked."""
+    project, sock, proc = server
+    other = make_project(tmp_path / "other", tiny_params())
+    run(["python", "-m", "pipeline.fetch", "--dataset", "bars_stripes"], other,
+        env={"GM_WARM": "0"})
+    run(["python", "-m", "pipeline.prepare", "--dataset", "bars_stripes"], other,
+        env={"GM_WARM": "0"})
+    for where, env in ((project, {"GM_ONEDNN": "0"}), (other, {}), (project, {})):
+        client = train(where, sock, epochs=2, **env)
+        _, err = client.communicate(timeout=300)
+        assert client.returncode == 0, err[-2000:]
+        assert (where / "results/bars_stripes/rbm/seed0/train.json").is_file()
+    log = (tmp_path / "warm.log").read_text()
+    assert "runs cold: GM_ONEDNN differ from the server's" in log
+    assert f"runs cold: its stage file {(other / 'pipeline/train.py').resolve()} is not" in log
+    assert log.count("forked pipeline.train") == 1
