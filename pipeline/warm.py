@@ -57,7 +57,9 @@ def delegate(module: str) -> None:
         sock.connect(path)
         request = repr({"module": module, "argv": sys.argv[1:], "cwd": os.getcwd(),
                         "env": dict(os.environ), "pid": os.getpid(),
-                        "file": os.path.realpath(sys.modules["__main__"].__file__)}).encode()
+                        "file": os.path.realpath(sys.modules["__main__"].__file__),
+                        "ignored": [int(sig) for sig in FORWARDED
+                                    if signal.getsignal(sig) == signal.SIG_IGN]}).encode()
         socket.send_fds(sock, [struct.pack("!Q", len(request)) + request], [0, 1, 2])
         reply = _line(sock)
     except OSError:
@@ -67,8 +69,9 @@ def delegate(module: str) -> None:
         sock.close()
         return
     child = int(reply.split()[1])
-    for sig in FORWARDED:
-        signal.signal(sig, lambda s, _f: os.kill(child, s))
+    for sig in FORWARDED:    # a signal this process ignores (nohup, `cmd &`), its child does
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, lambda s, _f: os.kill(child, s))
     status = _line(sock)
     if status.startswith("exit "):
         os._exit(int(status.split()[1]))
@@ -246,6 +249,9 @@ def _child(request: dict, fds: list[int]) -> None:
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
+    for sig in FORWARDED:   # the dispositions a fresh `python` started by the client gets
+        signal.signal(sig, signal.SIG_IGN if int(sig) in request["ignored"]
+                      else signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"], **{CHILD: "1"})
@@ -261,8 +267,8 @@ def _child(request: dict, fds: list[int]) -> None:
     # as in a fresh `python -m`: the stage runs as __main__ only, not also under its name
     sys.modules.pop(request["module"], None)
     package, _, name = request["module"].rpartition(".")
-    if hasattr(sys.modules.get(package), name):
-        delattr(sys.modules[package], name)
+    if package in sys.modules:
+        vars(sys.modules[package]).pop(name, None)
     sys.argv = [request["module"], *request["argv"]]
     code = 0
     try:

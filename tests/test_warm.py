@@ -58,7 +58,9 @@ def server(tmp_path):
     sock.parent.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.warm", "--socket", str(sock),
                              "--parent", str(os.getpid())], cwd=project, env=env,
-                            stderr=open(tmp_path / "warm.log", "w"))
+                            stderr=open(tmp_path / "warm.log", "w"),
+                            preexec_fn=dispositions(ignore_sigint=True))   # not the clients'
+    # (its children take the dispositions of the process they run for)
     deadline = time.monotonic() + 60
     while not sock.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
@@ -68,8 +70,17 @@ def server(tmp_path):
     proc.wait()
 
 
-def train(project: Path, sock: Path, epochs: int = 400, **env) -> subprocess.Popen:
-    """A train process that hands itself to the server; long enough to be caught running."""
+def dispositions(ignore_sigint: bool):
+    """preexec_fn: SIGINT ignored (as under `nohup`, or `cmd &` in a script) or default,
+    whatever the test runner's own disposition is."""
+    return lambda: signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint
+                                 else signal.SIG_DFL)
+
+
+def train(project: Path, sock: Path, epochs: int = 10**6, ignore_sigint: bool = False,
+          **env) -> subprocess.Popen:
+    """A train process that hands itself to the server; by default far too long to finish
+    (400 epochs take 0.7 s): every test of a running job ends it."""
     params = tiny_params()
     params["models"]["rbm"]["train"]["epochs"] = epochs
     (project / "long.yaml").write_text(json.dumps(params))
@@ -77,7 +88,8 @@ def train(project: Path, sock: Path, epochs: int = 400, **env) -> subprocess.Pop
                GM_MEMORY_CHECKED="1", **env)
     return subprocess.Popen([sys.executable, "-m", "pipeline.train", "--dataset", "bars_stripes",
                              "--model", "rbm", "--seed", "0", "--params", "long.yaml"],
-                            cwd=project, env=env, stderr=subprocess.PIPE, text=True)
+                            cwd=project, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=dispositions(ignore_sigint))
 
 
 def children(server: subprocess.Popen, timeout: float = 60) -> list[int]:
@@ -123,6 +135,20 @@ def test_signals_reach_the_child_and_its_end_is_the_process_end(server, sig):
     assert gone(child)
     assert rc == -sig, rc       # as a cold process: killed by SIGTERM; by SIGINT after the
     #                             KeyboardInterrupt's traceback (python's own exit)
+
+
+def test_a_signal_the_stage_process_ignores_its_child_ignores(server):
+    """Started with SIGINT ignored (nohup), a cold stage would keep running after SIGINT: so
+    does the child; SIGTERM still ends it."""
+    project, sock, proc = server
+    client = train(project, sock, ignore_sigint=True)
+    child = children(proc)[0]
+    client.send_signal(signal.SIGINT)
+    os.kill(child, signal.SIGINT)
+    assert not gone(child, timeout=1.5) and client.poll() is None
+    client.send_signal(signal.SIGTERM)
+    assert client.wait(timeout=60) == -signal.SIGTERM
+    assert gone(child)
 
 
 def test_a_killed_server_fails_its_jobs_with_one_line(server):
