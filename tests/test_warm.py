@@ -116,10 +116,15 @@ def gone(pid: int, timeout: float = 10) -> bool:
     return False
 
 
-def test_a_killed_stage_process_takes_its_child_with_it(server):
+def running_job(server, **kw) -> tuple[subprocess.Popen, int]:
+    """A long train job handed to ``server``: its process and the server's child running it."""
     project, sock, proc = server
-    client = train(project, sock)
-    child = children(proc)[0]
+    client = train(project, sock, **kw)
+    return client, children(proc)[0]
+
+
+def test_a_killed_stage_process_takes_its_child_with_it(server):
+    client, child = running_job(server)
     client.kill()
     client.wait()
     assert gone(child)
@@ -127,9 +132,7 @@ def test_a_killed_stage_process_takes_its_child_with_it(server):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_reach_the_child_and_its_end_is_the_process_end(server, sig):
-    project, sock, proc = server
-    client = train(project, sock)
-    child = children(proc)[0]
+    client, child = running_job(server)
     client.send_signal(sig)
     rc = client.wait(timeout=60)
     assert gone(child)
@@ -140,9 +143,7 @@ def test_signals_reach_the_child_and_its_end_is_the_process_end(server, sig):
 def test_a_signal_the_stage_process_ignores_its_child_ignores(server):
     """Started with SIGINT ignored (nohup), a cold stage would keep running after SIGINT: so
     does the child; SIGTERM still ends it."""
-    project, sock, proc = server
-    client = train(project, sock, ignore_sigint=True)
-    child = children(proc)[0]
+    client, child = running_job(server, ignore_sigint=True)
     client.send_signal(signal.SIGINT)
     os.kill(child, signal.SIGINT)
     assert not gone(child, timeout=1.5) and client.poll() is None
@@ -152,9 +153,8 @@ def test_a_signal_the_stage_process_ignores_its_child_ignores(server):
 
 
 def test_a_killed_server_fails_its_jobs_with_one_line(server):
-    project, sock, proc = server
-    client = train(project, sock)
-    child = children(proc)[0]
+    client, child = running_job(server)
+    proc = server[2]
     proc.kill()
     proc.wait()
     _, err = client.communicate(timeout=60)
