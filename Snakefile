@@ -6,7 +6,8 @@ import sys
 import threading
 from pathlib import Path
 from pipeline import code, provenance, search, warm
-from pipeline.params import (canonical, check_config, error_line, evaluate_settings,
+from pipeline.preflight import check_config
+from pipeline.params import (canonical, error_line, evaluate_settings,
                              registered_model, report_dir, runs, stage_resources, train_settings,
                              tuned_dir)
 

@@ -18,6 +18,7 @@ from gm.io import InputError, check_writable, read_json
 from gm.seeding import derive_seed, make_generator
 from pipeline import params as P
 from pipeline.memory import check_memory as memory_check
+from pipeline.paths import classifier_path, processed_path, raw_dir, run_dir  # noqa: F401
 
 log = logging.getLogger("gm-bench")
 
@@ -133,22 +134,6 @@ def _check_target(args, params) -> None:
             raise ConfigError("--model", f"({args.dataset}, {args.model}) is not listed in runs:")
     if getattr(args, "seed", None) is not None and args.seed not in params["seeds"]:
         raise ConfigError("--seed", f"{args.seed} is not listed in seeds: {params['seeds']}")
-
-
-def raw_dir(dataset: str) -> Path:
-    return Path("data/raw") / dataset
-
-
-def processed_path(dataset: str) -> Path:
-    return Path("data/processed") / f"{dataset}.npz"
-
-
-def classifier_path(dataset: str) -> Path:
-    return Path("results") / dataset / "classifier.pt"
-
-
-def run_dir(dataset: str, model: str, seed: int) -> Path:
-    return Path("results") / dataset / model / f"seed{seed}"
 
 
 def rerun(stage: str, dataset: str, model: str | None = None, seed: int | None = None) -> str:

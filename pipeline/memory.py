@@ -3,7 +3,7 @@
 The model is built on PyTorch's meta device (tensors with shapes and dtypes, no storage), its
 parameters counted with their gradients and two Adam moments, and the sum compared with the
 machine's memory.  The train stage (``run_stage(..., memory=True)``) and the Snakefile
-(:func:`pipeline.params.check_config`) call :func:`check_memory`; a model too large raises a
+(:func:`pipeline.preflight.check_config`) call :func:`check_memory`; a model too large raises a
 ConfigError naming the size field, the estimate and the machine's memory.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from gm.io import write_json
 from gm.registry import model_class
 from pipeline import code
 from pipeline.params import train_settings
+from pipeline.paths import processed_path
 
 TRAINING_COPIES = 4   # a parameter, its gradient and two Adam moments (the largest optimiser state)
 
@@ -271,14 +272,13 @@ def check_memory(params: dict, pairs: list[tuple[str, str]] | None = None) -> No
 
     Milliseconds per model; the evaluate stage does not call this."""
     from gm.data.splits import data_dim_of
-    from pipeline import common  # here: common imports this module
     if pairs is None:
         pairs = list(dict.fromkeys((r["dataset"], r["model"]) for r in params["runs"]))
     limit = machine_memory()
     for ds, name in pairs:
         settings = train_settings(params, name, ds)
         registered, block = settings["base"], settings["model"]
-        dim = data_dim_of(common.processed_path(ds))
+        dim = data_dim_of(processed_path(ds))
         try:
             estimate, problem = memory_estimate(registered, dim or 1, block), None
         except _TooSlow:

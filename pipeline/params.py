@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import sys
 from pathlib import Path
 
 import yaml
@@ -473,23 +472,6 @@ def error_line(err: Exception, paths) -> str:
     if isinstance(err, ConfigError) and err.field not in names:
         return f"error: {'+'.join(names)}: {err}"
     return f"error: {err}"
-
-
-def check_config(config: dict, paths, *, memory: bool = True) -> None:
-    """The Snakefile's check before anything runs: its params files re-read strictly
-    (:func:`check_files`: Snakemake loaded ``config`` with plain PyYAML), ``config`` validated,
-    and (``memory``) every run's memory estimated (:func:`pipeline.memory.check_memory`).
-    A problem prints one line, ``error: <file>: <problem> (<fix>)``, and exits with status 2,
-    where an exception would make Snakemake print a traceback."""
-    try:
-        check_files(paths)
-        validate(config)
-        if memory:  # imported here: pipeline.memory imports this module
-            from pipeline.memory import check_memory
-            check_memory(config)
-    except ConfigError as err:
-        print(error_line(err, paths), file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def train_settings(params: dict, model: str, dataset: str) -> dict:

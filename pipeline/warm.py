@@ -113,7 +113,9 @@ def start(log: str = "logs/warm.log") -> str:
 def serve(path: str, parent: int) -> int:
     """Import the stages, then fork one child per request until ``parent`` (Snakemake) exits
     or a source file changes; children still running are waited for.  A request for a stage
-    file other than the server's, or with other import-time variables, is answered "cold"."""
+    file other than the server's, or with other import-time variables, is answered "cold".
+    The socket is closed and removed as soon as serving stops, so a job that comes while
+    children still run starts cold at once (a queued connection is reset) instead of waiting."""
     import ast
     import gc
     import importlib
@@ -135,6 +137,8 @@ def serve(path: str, parent: int) -> int:
     running: dict[int, socket.socket] = {}
     serving, counts = True, {"forked": 0, "cold": 0}
     while serving or running:
+        if not serving and listener is not None:
+            listener = _stop_listening(listener, path)
         ready, _, _ = select.select([listener, watch] if serving else [], [], [], 0.02)
         _reap(running)
         if watch in ready:
@@ -160,11 +164,18 @@ def serve(path: str, parent: int) -> int:
     print(f"served {counts['forked']} jobs warm, {counts['cold']} cold; the warm jobs' CPU: "
           f"{used.ru_utime:.1f} s user, {used.ru_stime:.1f} s system", file=sys.stderr,
           flush=True)
+    if listener is not None:
+        _stop_listening(listener, path)
+    return 0
+
+
+def _stop_listening(listener: socket.socket, path: str) -> None:
+    """Close the listening socket and remove its file (and start()'s directory); None."""
     listener.close()
     os.unlink(path)
     if os.path.basename(os.path.dirname(path)).startswith("gm-warm-"):
         os.rmdir(os.path.dirname(path))
-    return 0
+    return None
 
 
 def _sources() -> dict[str, float]:

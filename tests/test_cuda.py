@@ -704,6 +704,7 @@ BENCHMARKS = {
     "pipeline_overhead.py": ([], {"snakemake"}),
     "process_cost.py": ([], {"snakemake"}),
     "dbm_log_f.py": (["--hidden1", "16", "--hidden2", "8", "--examples", "2"], set()),
+    "nade_pass.py": ([], {"fashion"}),
 }
 
 # pipeline_overhead's experiment, smaller than its own default: one RBM on digits, 2 epochs

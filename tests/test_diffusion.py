@@ -45,13 +45,17 @@ def exact_log_p(model, d):
     return p.log(), states
 
 
-def test_bound_is_below_the_exact_log_likelihood():
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_bound_is_below_the_exact_log_likelihood(ema_decay):
+    """After training, the evaluated model (eval mode: the weight average when kept) has a
+    Monte Carlo bound below its exact log p(x_0)."""
     d = 4
-    model = build(d, n_steps=4, n_hidden=32, lr=1e-2)
+    model = build(d, n_steps=4, n_hidden=32, lr=1e-2, ema_decay=ema_decay)
     x = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0]], dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)
     for _ in range(100):
         model.fit_step(x[torch.randint(0, 3, (32,), generator=gen)], generator=gen)
+    model.eval()
     with torch.no_grad():
         log_p, states = exact_log_p(model, d)
         assert abs(float(log_p.exp().sum()) - 1) < 1e-9
@@ -81,7 +85,7 @@ def exact_bound(model, x0):
 def confident(model, logit):
     """Make the x0-predictor output ``logit`` for every pixel, whatever x_t and t."""
     with torch.no_grad():
-        last = model.body[-1]
+        last = model.net.body[-1]
         last.weight.zero_()
         last.bias.fill_(logit)
     return model
@@ -184,7 +188,34 @@ def test_samples_binary_and_reproducible():
     assert ex.images["chain"].shape == (110, 16) and len(ex.tables["bound_terms"]) == 5
 
 
+def test_eval_mode_uses_the_weight_average_and_it_is_saved():
+    """With ema_decay > 0, train mode predicts with the trained weights and eval mode with
+    their bias-corrected average (not the same predictions); a model loaded from the state
+    dict predicts the same in eval mode; with ema_decay = 0 both modes agree."""
+    d = 5
+    x = (torch.rand(64, d, generator=torch.Generator().manual_seed(3)) < 0.5).float()
+    xt, t = x[:8], torch.arange(1, 9) % 4 + 1
+    for decay in (0.0, 0.95):
+        model = build(d, n_steps=4, n_hidden=16, lr=1e-2, ema_decay=decay)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(30):
+            model.fit_step(x, generator=gen)
+        with torch.no_grad():
+            trained = model.train().x0_probs(xt, t)
+            evaluated = model.eval().x0_probs(xt, t)
+            copy = build(d, n_steps=4, n_hidden=16, ema_decay=decay)
+            copy.load_state_dict(model.state_dict())
+            loaded = copy.eval().x0_probs(xt, t)
+        torch.testing.assert_close(loaded, evaluated, rtol=0, atol=0)
+        if decay == 0:
+            torch.testing.assert_close(evaluated, trained, rtol=0, atol=0)
+        else:
+            assert model.average is not None and int(model.average.steps) == 30
+            assert (evaluated - trained).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("bad", [{"n_steps": 0}, {"n_layers": 0}, {"lr": 0.0},
+                                 {"ema_decay": 1.0}, {"ema_decay": -0.1},
                                  {"eval_samples": 4}])   # an evaluation setting: the budget's
 def test_bad_config(bad):
     with pytest.raises(ConfigError):

@@ -21,6 +21,7 @@ from gm.data.idx import read_idx, write_idx
 from gm.data.splits import SPLITS, CarveOptions, carve_indices
 from gm.errors import ConfigError
 from pipeline import params as P
+from pipeline.preflight import check_config
 
 CONFIG = ROOT / "configs" / "fashion.yaml"
 N_TRAIN, N_TEST, VAL = 400, 100, 80
@@ -39,7 +40,7 @@ def test_fashion_profile_validates_as_the_pipeline_reads_it():
     alone = P.load(CONFIG)
     assert merged["runs"] == alone["runs"]
     raw = P.merge(P.read_yaml(ROOT / "params.yaml"), P.read_yaml(CONFIG))
-    P.check_config(raw, [ROOT / "params.yaml", CONFIG], memory=True)   # exits 2 on a problem
+    check_config(raw, [ROOT / "params.yaml", CONFIG], memory=True)   # exits 2 on a problem
 
 
 def test_fashion_profile_is_full_data_at_the_papers_budgets():
@@ -82,8 +83,8 @@ def test_every_model_block_of_the_profile_is_its_own():
     own = P.read_yaml(CONFIG)["models"]
     merged = profile()["models"]
     text = CONFIG.read_text()
-    for run in P.read_yaml(CONFIG)["runs"]:
-        name = run["model"]
+    for entry in P.read_yaml(CONFIG)["runs"]:
+        name = entry["model"]
         assert own[name] == merged[name], name
         assert {"epochs", "batch_size", "checkpoint_every"} <= set(own[name]["train"]), name
         block = re.search(rf"^  {name}:.*?(?=^  \w+:|\Z)", text, re.M | re.S).group(0)

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -164,14 +165,26 @@ def test_a_killed_server_fails_its_jobs_with_one_line(server):
 
 
 def test_a_changed_source_file_runs_cold(server, tmp_path):
+    """After a source file changes, the next job runs cold and succeeds, and the server stops
+    listening at once although a job it forked before still runs: later jobs start cold
+    without waiting for that one to end."""
     project, sock, proc = server
-    source = project / "pipeline" / "train.py"
-    os.utime(source, ns=(time.time_ns(), time.time_ns()))
-    client = train(project, sock, epochs=2)
-    _, err = client.communicate(timeout=300)
-    assert client.returncode == 0, err[-2000:]
-    assert "source files changed" in (tmp_path / "warm.log").read_text()
-    assert json.loads((project / "results/bars_stripes/rbm/seed0/train.json").read_text())
+    long_job, child = running_job(server)
+    os.utime(project / "pipeline" / "prepare.py", ns=(time.time_ns(), time.time_ns()))
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", GM_WARM=str(sock))
+    done = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--dataset", "bars_stripes"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = (tmp_path / "warm.log").read_text()
+    assert "pipeline.prepare --dataset bars_stripes runs cold: source files changed" in log
+    assert long_job.poll() is None and not gone(child, timeout=0.1)
+    assert not sock.exists()
+    with pytest.raises(OSError):                   # nothing listens: a client starts cold
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(str(sock))
+    long_job.kill()
+    long_job.wait()
+    assert gone(child)
+    proc.wait(timeout=60)                          # its last child gone, the server ends
 
 
 def test_jobs_the_server_cannot_run_as_they_would_run_start_cold(server, tmp_path):

@@ -3,8 +3,9 @@
 h_t = sigmoid(c + W[:, :t] xo_:t),  p(xo_t = 1 | xo_<t) = sigmoid(b_t + V_t . h_t).
 
 The input weights W (H, d) are shared between positions, so the pre-activations obey
-a_{t+1} = a_t + W[:, t] xo_t and all d conditionals cost O(dH) per example (a cumulative sum)
-instead of the O(d^2 H) of d separate networks (book eq. 20.83-20.84).
+a_{t+1} = a_t + W[:, t] xo_t: all d conditionals come from prefix sums in one pass
+(:mod:`gm.models.autoregressive.nade_pass`) instead of d separate networks (book eq.
+20.83-20.84).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from gm.base import Curve
 from gm.config import ranged
 from gm.models.autoregressive.base import OrderedARConfig, OrderedBernoulliAR
+from gm.models.autoregressive.nade_pass import NADELogits
 from gm.ops import bernoulli
 from gm.registry import register
 
@@ -43,19 +45,9 @@ class NADE(OrderedBernoulliAR):
         self.V = nn.Parameter((2 * torch.rand(data_dim, H) - 1) / math.sqrt(H))
         self.b = nn.Parameter(torch.zeros(data_dim))
 
-    def hidden_preactivations(self, xo: Tensor) -> Tensor:
-        """a_t = c + sum_{s<t} W[:, s] xo_s for every t, by an exclusive cumulative sum.
-
-        xo (n, d) -> (d, n, H), position first (a cumulative sum over the outer dimension is
-        the fast one); O(n d H).
-        """
-        contrib = xo.T.unsqueeze(2) * self.W.T.unsqueeze(1)     # (d, n, H): W[:, s] xo_s
-        csum = contrib.cumsum(0)
-        return torch.cat([torch.zeros_like(csum[:1]), csum[:-1]], 0) + self.c
-
     def ordered_logits(self, xo: Tensor) -> Tensor:
-        h = torch.sigmoid(self.hidden_preactivations(xo))      # (d, n, H)
-        return torch.baddbmm(self.b[:, None, None], h, self.V.unsqueeze(2)).squeeze(2).T
+        """Logits of the d conditionals, xo (n, d) -> (n, d)."""
+        return NADELogits.apply(xo, self.W, self.c, self.V, self.b)
 
     def naive_ordered_logits(self, xo: Tensor) -> Tensor:
         """The same logits by d separate O(dH) products (reference for tests), (n, d)."""

@@ -18,7 +18,10 @@ wrong prediction).  Every distribution is discrete, so the variational bound
   log p(x_0) >= E_q[ log p(x_0 | x_1) - sum_{t=2}^T KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) ]
 
 is a lower bound on a discrete log-likelihood in nats (minus KL(q(x_T | x_0) || p(x_T)) = 0).
-Training minimises an unbiased one-timestep estimate of minus the bound.
+Training minimises an unbiased one-timestep estimate of minus the bound.  With ``ema_decay`` > 0
+the model that is evaluated and sampled (eval mode) is the x0-predictor with the exponential
+moving average of the trained weights (:mod:`gm.averaging`; Ho et al. 2020), and the bound is
+that model's.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from gm.averaging import WeightAverage
 from gm.optim import Adam
 from gm.base import Budget, Curve, Extras, GenerativeModel, LogLikelihood
 from gm.config import Checked, ranged
@@ -41,6 +45,7 @@ class DiffusionConfig(Checked):
     n_hidden: int = ranged(256, ge=1)
     n_layers: int = ranged(2, ge=1)      # hidden layers of the x0-predictor
     lr: float = ranged(2e-3, gt=0)       # Adam
+    ema_decay: float = ranged(0.0, ge=0, lt=1)   # weight average used in eval mode (0: none)
 
 
 # The reverse model's probabilities are kept in [P_FLOOR, 1 - P_FLOOR] (in float32, 1 - 2^-23),
@@ -61,9 +66,26 @@ def _bernoulli_kl(q: Tensor, p: Tensor) -> Tensor:
             + (1 - q) * (_log_or_zero(1 - q) - (1 - p).log())).sum(-1)
 
 
+class X0Predictor(nn.Module):
+    """MLP of (x_t (n, d) in {0, 1}, t (n,)) to the logits (n, d) of p^(x_0 = 1 | x_t, t):
+    input layer plus an embedding of t, then ``n_layers - 1`` SiLU + linear layers."""
+
+    def __init__(self, data_dim: int, n_steps: int, n_hidden: int, n_layers: int):
+        super().__init__()
+        self.inp = nn.Linear(data_dim, n_hidden)
+        self.time = nn.Embedding(n_steps + 1, n_hidden)
+        layers = []
+        for _ in range(n_layers - 1):
+            layers += [nn.SiLU(), nn.Linear(n_hidden, n_hidden)]
+        self.body = nn.Sequential(*layers, nn.SiLU(), nn.Linear(n_hidden, data_dim))
+
+    def forward(self, xt: Tensor, t: Tensor) -> Tensor:
+        return self.body(self.inp(2 * xt - 1) + self.time(t))
+
+
 @register("diffusion")
 class Diffusion(GenerativeModel):
-    """x0-predictor: MLP of (x_t, embedding of t) to d logits."""
+    """x0-predictor ``net`` (:class:`X0Predictor`) and, with ema_decay > 0, its weight average."""
 
     Config = DiffusionConfig
     progress = Curve("neg_bound", "negative variational bound (one-timestep estimate)",
@@ -72,19 +94,16 @@ class Diffusion(GenerativeModel):
 
     def __init__(self, data_dim: int, config: DiffusionConfig):
         super().__init__(data_dim, config)
-        T, H = config.n_steps, config.n_hidden
-        self.inp = nn.Linear(data_dim, H)
-        self.time = nn.Embedding(T + 1, H)
-        layers = []
-        for _ in range(config.n_layers - 1):
-            layers += [nn.SiLU(), nn.Linear(H, H)]
-        self.body = nn.Sequential(*layers, nn.SiLU(), nn.Linear(H, data_dim))
+        T = config.n_steps
+        self.net = X0Predictor(data_dim, T, config.n_hidden, config.n_layers)
+        self.average = (WeightAverage(self.net, config.ema_decay) if config.ema_decay > 0
+                        else None)
         t = torch.arange(T + 1, dtype=torch.float64)
         self.register_buffer("alphabar", (1 - t / T))                     # (T + 1,), [0] = 1
 
     def make_optimizers(self):
         cfg = self.config
-        return {"adam": Adam(self.parameters(), lr=cfg.lr)}
+        return {"adam": Adam(self.net.parameters(), lr=cfg.lr)}
 
     def beta(self, t: Tensor) -> Tensor:
         """beta_t = 1 / (T - t + 1) for t in 1..T."""
@@ -110,8 +129,11 @@ class Diffusion(GenerativeModel):
 
     # --- reverse model -------------------------------------------------------------------
     def x0_probs(self, xt: Tensor, t: Tensor) -> Tensor:
-        """p^(x_0 = 1 | x_t, t), (n, d)."""
-        return torch.sigmoid(self.body(self.inp(2 * xt - 1) + self.time(t)))
+        """p^(x_0 = 1 | x_t, t), (n, d): the trained weights in train mode, their average (when
+        kept) in eval mode."""
+        if self.average is not None and not self.training:
+            return torch.sigmoid(self.average.call(self.net, xt, t))
+        return torch.sigmoid(self.net(xt, t))
 
     def p_prev(self, xt: Tensor, t: Tensor) -> Tensor:
         """p(x_{t-1} = 1 | x_t), (n, d), for t (n,) in 1..T, in [P_FLOOR, 1 - P_FLOOR]: the
@@ -140,6 +162,8 @@ class Diffusion(GenerativeModel):
         self.optimizers()["adam"].zero_grad(set_to_none=True)
         loss.backward()
         self.optimizers()["adam"].step()
+        if self.average is not None:
+            self.average.update(self.net)
         return {"neg_bound": float(loss.detach())}
 
     # --- sampling ------------------------------------------------------------------------
