@@ -71,7 +71,7 @@ def load(params: dict, path: Path | None = None) -> dict:
                   f"must be {{dataset: D, model: M}}, got {run!r}")
         P.require(run["model"] in models, at, f"{run['model']!r} has no space under models:")
     for name, space in models.items():
-        _check_space(params, name, P.mapping(space, f"{where}: models.{name}"),
+        _check_space(params, search, name, P.mapping(space, f"{where}: models.{name}"),
                      f"{where}: models.{name}")
     return search
 
@@ -84,14 +84,20 @@ def tune_runs(params: dict, search: dict) -> list[tuple[str, str]]:
             if (r["dataset"], r["model"]) in runs]
 
 
-def _check_space(params: dict, name: str, space: dict, where: str) -> None:
+def _check_space(params: dict, search: dict, name: str, space: dict, where: str) -> None:
     for key in space:
-        P.require(key in ("objective", "train", "model"), f"{where}.{key}",
-                  "unknown key (known: model, objective, train)")
+        P.require(key in ("objective", "train", "model", "budget"), f"{where}.{key}",
+                  "unknown key (known: budget, model, objective, train)")
     P.require(space.get("objective") in OBJECTIVES, f"{where}.objective",
               f"must be one of {', '.join(OBJECTIVES)}, got {space.get('objective')!r}")
     if name not in params["models"]:
         return   # a space for a model this params file does not run: checked when it does
+    P.mapping(space.get("budget"), f"{where}.budget")
+    try:
+        make_config(P.EvaluateConfig, P.evaluate_settings(params, name)
+                    | objective_budget(search, name))
+    except ConfigError as err:
+        raise prefixed(err, f"{where}.budget") from None
     for field in P.mapping(space.get("train"), f"{where}.train"):
         P.require(field in P.TRAIN_KEYS, f"{where}.train.{field}",
                   "unknown key (known: " + ", ".join(sorted(P.TRAIN_KEYS)) + ")")
@@ -169,6 +175,13 @@ def decode(values: dict) -> dict:
     return out
 
 
+def objective_budget(search: dict, name: str) -> dict:
+    """The estimator budget of model ``name``'s objective: search.yaml ``budget:``, with the
+    model's own ``budget:`` (e.g. more draws of a noisy bound) merged over it."""
+    own = search["models"][name].get("budget") or {}
+    return (search.get("budget") or {}) | own
+
+
 def study_settings(params: dict, search: dict, dataset: str, name: str) -> dict:
     """Everything a study's trials depend on besides code and data: the base settings (the
     untuned params.yaml block), the space, the trial budget, cap, seed and objective budget."""
@@ -178,7 +191,8 @@ def study_settings(params: dict, search: dict, dataset: str, name: str) -> dict:
             "space": search["models"][name], "trials": search["trials"],
             "trial_cpu_seconds": search["trial_cpu_seconds"], "seed": search.get("seed", 0),
             "startup_trials": search.get("startup_trials", 0), "root_seed": params["seed"],
-            "budget": search.get("budget") or {}, "evaluate": P.evaluate_settings(params, name),
+            "budget": objective_budget(search, name),
+            "evaluate": P.evaluate_settings(params, name),
             "sample_objective": search.get("sample_objective") or {}}
 
 

@@ -158,6 +158,9 @@ def test_dvc_retrains_exactly_the_runs_whose_tuned_values_changed(tmp_path, monk
      "models.rbm.model.lr: a log range needs low > 0"),
     ({"objective": "fid", "model": {}}, "models.rbm.objective"),
     ({"objective": "likelihood", "train": {"epoch": [1, 2]}}, "models.rbm.train.epoch"),
+    ({"objective": "likelihood", "budget": {"ais_chain": 3}}, "models.rbm.budget.ais_chain"),
+    ({"objective": "likelihood", "budget": {"ais_chains": 0}}, "models.rbm.budget.ais_chains"),
+    ({"objective": "likelihood", "budget": 5}, "models.rbm.budget"),
 ])
 def test_bad_search_spaces_are_refused_before_any_trial(tmp_path, space, message):
     (tmp_path / "configs").mkdir()
@@ -165,6 +168,27 @@ def test_bad_search_spaces_are_refused_before_any_trial(tmp_path, space, message
     with pytest.raises(ConfigError) as err:
         search.load(tune_params(), tmp_path / "configs/search.yaml")
     assert str(err.value).startswith(f"{tmp_path}/configs/search.yaml: {message}"), err.value
+
+
+def test_a_models_own_objective_budget_merges_over_the_global_one_for_it_alone(tmp_path):
+    """A space's budget: (e.g. more draws of a noisy bound) changes its own study's settings
+    and name only; every other study keeps its settings."""
+    params = tune_params()
+    params["models"]["fvsbn"] = {"train": {"epochs": 2, "batch_size": 10}, "model": {}}
+    (tmp_path / "configs").mkdir()
+    base = {"objective": "likelihood", "model": {"n_hidden": [2, 4]}}
+    settings = {}
+    for own in ({}, {"ais_betas": 40}):
+        search_file(tmp_path, models={"rbm": base | ({"budget": own} if own else {}),
+                                      "fvsbn": {"objective": "likelihood"}})
+        plan = search.load(params, tmp_path / "configs/search.yaml")
+        settings[bool(own)] = {m: search.study_settings(params, plan, "bars_stripes", m)
+                               for m in ("rbm", "fvsbn")}
+    assert settings[True]["rbm"]["budget"] == {"ais_chains": 5, "ais_betas": 40}
+    assert settings[False]["rbm"]["budget"] == {"ais_chains": 5, "ais_betas": 20}
+    assert settings[True]["fvsbn"] == settings[False]["fvsbn"]
+    assert (search.study_name(settings[True]["rbm"])
+            != search.study_name(settings[False]["rbm"]))
 
 
 def test_the_committed_search_is_valid_and_equal_for_every_model():
