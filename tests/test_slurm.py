@@ -7,11 +7,12 @@ the train and evaluate jobs must be submitted with ``--gpus=1`` and fall back to
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 
 import pytest
 
-from cluster_fixtures import TINY_PARAMS, copy_project, stage_env, write_params
+from cluster_fixtures import REPO, TINY_PARAMS, copy_project, stage_env, write_params
 
 GPU_RULES = {"train", "evaluate"}
 TIMEOUT = 1500      # seconds; the whole tiny workflow takes ~1-3 min on an idle 2-core machine
@@ -110,3 +111,21 @@ def test_tune_workers_are_slurm_jobs_sharing_one_postgresql_study(tmp_path, slur
     tuned = (proj / "configs/tuned/bars_stripes/rbm.yaml").read_text()
     password = fresh_database.split("://", 1)[1].split("@")[0].partition(":")[2]
     assert "postgresql" in tuned and ":***@" in tuned and f":{password}@" not in tuned
+
+
+@pytest.mark.cluster
+def test_a_retried_jobs_failed_attempt_keeps_its_log(tmp_path, slurm_cluster):
+    """Snakemake empties a job's log: when it retries the job; with the profile's settings
+    (retries, show-failed-logs) the failed attempt's log stays readable in Snakemake's own
+    log (profiles/README.md says where)."""
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    (tmp_path / "Snakefile").write_text(
+        'rule flaky:\n    output: "out.txt"\n    log: "logs/flaky.log"\n'
+        '    shell: "if [ -e tried ]; then echo second attempt >&2; touch {output}; '
+        'else touch tried; echo failed attempt $((6 * 7)) >&2; exit 1; fi 2> {log}"\n')
+    run = snakemake(tmp_path, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert (tmp_path / "logs/flaky.log").read_text().strip() == "second attempt"
+    own = "".join(p.read_text() for p in (tmp_path / ".snakemake/log").glob("*.snakemake.log"))
+    assert "failed attempt 42" in own    # its output (the command, printed, says $((6 * 7)))
+    assert len(list((tmp_path / "logs/slurm/rule_flaky").glob("*.log"))) == 2   # 2 SLURM jobs
