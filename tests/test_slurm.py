@@ -113,6 +113,7 @@ def test_tune_workers_are_slurm_jobs_sharing_one_postgresql_study(tmp_path, slur
     assert "postgresql" in tuned and ":***@" in tuned and f":{password}@" not in tuned
 
 
+@pytest.mark.slow       # 50 s of SLURM polling for two one-line jobs
 @pytest.mark.cluster
 def test_a_retried_jobs_failed_attempt_keeps_its_log(tmp_path, slurm_cluster):
     """Snakemake empties a job's log: when it retries the job; with the profile's settings
