@@ -1,5 +1,6 @@
 """NADE training step: the blocked one-pass kernel (gm/models/autoregressive/nade_pass.py) vs
-the cumulative-sum formulation it replaced, and the block size, timed alternately in one process.
+the cumulative-sum formulation it replaced, and the block size (8-128), timed alternately in
+one process.
 
 One step = logits of all d conditionals, binary cross-entropy, backward, on a fixed binary
 minibatch; the same parameters for both.  The cumulative-sum side is the former
@@ -47,7 +48,7 @@ def compare(name: str, x, H: int, args, steps: int) -> list[tuple]:
 
     default = nade_pass.BLOCK
     sides = {"cumsum": step(cumsum_logits)}
-    sides |= {f"block {B}": step(nade_pass.NADELogits.apply, B) for B in (8, 16, 32, 64)}
+    sides |= {f"block {B}": step(nade_pass.NADELogits.apply, B) for B in (8, 16, 32, 64, 128)}
     t = interleaved(sides, args.reps, args.device)
     nade_pass.BLOCK = default
     rows = [(f"{name}: {k} ms/step", 1e3 * v / steps, "") for k, v in t.items()]
