@@ -49,7 +49,10 @@ class Budget(Checked):
     parzen_sigma: float | None = ranged(None, gt=0)  # fixed Parzen width when none was chosen
                                                # on validation (None: two-fold cross-fit)
     ensemble_masks: int = ranged(0, ge=0)      # MADE: masks averaged at test time (0: all)
-    bound_samples: int = ranged(4, ge=1)       # diffusion: draws of x_t per (example, t)
+    bound_samples: int = ranged(4, ge=1)       # diffusion: draws of x_t per (example, t) of
+                                               # its variational bound
+    trajectory_samples: int = ranged(0, ge=0)  # diffusion: forward trajectories per example of
+                                               # its importance-weighted bound (0: the bound above)
     exact_chunk: int = ranged(4096, ge=1)      # latent states per block of an exact enumeration
     n_continuations: int = ranged(6, ge=1)     # sequence models: test sequences continued
     batch_size: int = ranged(500, ge=1)        # test examples per evaluation batch

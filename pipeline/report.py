@@ -308,7 +308,9 @@ BUDGET_TEXT = ("The evaluation settings (params evaluate: with each model's over
                "the runs that used another. Each model reads only the settings of its "
                "estimator (AIS: ais_*; importance sampling and the IWAE bound: "
                "importance_samples; Parzen: parzen_samples, its width chosen on the "
-               "validation split; decoder AIS: decoder_ais_*).")
+               "validation split; decoder AIS: decoder_ais_*; diffusion: trajectory_samples "
+               "for its importance-weighted bound, bound_samples for the variational bound "
+               "beside it).")
 EPOCHS_TEXT = ("Each model's training length from its train.json: epochs (full passes over "
                "the training split), minibatch size, parameter updates, measured seconds per "
                "epoch and per training (means over seeds), and how many test examples its "

@@ -103,7 +103,8 @@ MEAN_SAMPLES = {"dae", "dae_walkback"}
 # forces the estimators (AIS with a RAISE sandwich, importance sampling, ...).
 ENUMERATE = Budget(exact_max_bits=16, ais_chains=4, ais_betas=10, raise_chains=1,
                    importance_samples=8, decoder_ais_chains=2, decoder_ais_betas=4,
-                   decoder_ais_leapfrog=2, parzen_samples=40, bound_samples=2, exact_chunk=256,
+                   decoder_ais_leapfrog=2, parzen_samples=40, bound_samples=2, trajectory_samples=2,
+                   exact_chunk=256,
                    n_continuations=2, batch_size=64)
 ESTIMATE = dataclasses.replace(ENUMERATE, exact_max_bits=1)
 BUDGETS = {"enumerate": ENUMERATE, "estimate": ESTIMATE}

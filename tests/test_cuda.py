@@ -119,7 +119,7 @@ SAMPLE_Z = 6.0     # z of that comparison (normal approximation; ~2e-9 two-sided
 CMP_ENUMERATE = dataclasses.replace(
     ENUMERATE, ais_chains=16, ais_betas=20, raise_chains=2, importance_samples=16,
     parzen_samples=100, decoder_ais_chains=2, decoder_ais_betas=6, decoder_ais_leapfrog=2,
-    bound_samples=2)
+    bound_samples=2, trajectory_samples=2)
 CMP_ESTIMATE = dataclasses.replace(CMP_ENUMERATE, exact_max_bits=1)
 CMP_BUDGETS = {"enumerate": CMP_ENUMERATE, "estimate": CMP_ESTIMATE}
 

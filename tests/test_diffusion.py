@@ -124,6 +124,52 @@ def test_exact_bound_never_exceeds_exact_log_likelihood(d, T):
     assert float(log_p[0]) < -15 * d               # x_0 = 0: every pixel disagrees
 
 
+def test_importance_weighted_bound_closes_the_gap_to_the_exact_log_likelihood():
+    """On a random tiny model whose variational bound is loose by 3-19 nats: the weights of
+    forward trajectories are unbiased for p(x_0) (mean weight / exact p within 4 standard
+    errors of 1), their logs average to the bound (exact_bound), and the importance-weighted
+    bound over 4,000 trajectories closes most of the gap to the exact log p(x_0) (Burda et al.
+    2016, theorem 1) without passing it by more than its Monte Carlo noise (measured: at most
+    0.14 nats).  Fails if a weight misses a transition of p or of q, or counts one twice."""
+    d, T, m = 3, 3, 20000
+    model = build(d, n_steps=T, n_hidden=8)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 2.0)
+        states = binary_states(d)
+        log_p, _ = exact_log_p(model, d)
+        bound = exact_bound(model, states)
+        gen = torch.Generator().manual_seed(0)
+        log_w = model.log_weights(states, m, gen)                        # (m, 2^d)
+        ll = model.log_likelihood(states, generator=gen,
+                                  budget=Budget(trajectory_samples=4000))
+    gap = log_p - bound
+    assert log_w.shape == (m, 2**d) and float(gap.min()) > 3.0, gap
+    ratio = (log_w - log_p).exp()                                        # w / p(x_0)
+    assert ((ratio.mean(0) - 1).abs() <= 4 * ratio.std(0) / m**0.5).all(), ratio.mean(0)
+    assert ((log_w.mean(0) - bound).abs() <= 4 * log_w.std(0) / m**0.5).all()
+    assert ll.method == "diffusion_iw" and ll.kind == "lower_bound"
+    assert ll.info["trajectory_samples"] == 4000
+    assert (ll.values <= log_p + 0.25).all(), ll.values - log_p
+    assert (ll.values - bound >= 0.9 * gap).all(), ((ll.values - bound) / gap)
+
+
+def test_zero_trajectories_is_the_variational_bound():
+    """trajectory_samples 0 scores with the closed-form-KL bound, with no second estimate."""
+    model = build(4, n_steps=3, n_hidden=8).eval()
+    x = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0]], dtype=torch.float32)
+    budget = Budget(bound_samples=8)
+    ll = model.log_likelihood(x, generator=torch.Generator().manual_seed(0), budget=budget)
+    assert ll.method == "diffusion_elbo" and ll.info["bound_samples"] == 8
+    assert not model.per_example_cost(budget)
+    assert model.validation_estimates(x, generator=torch.Generator(), budget=budget) == {}
+    budget = Budget(bound_samples=8, trajectory_samples=5)
+    assert model.per_example_cost(budget)
+    est = model.validation_estimates(x, generator=torch.Generator().manual_seed(0), budget=budget)
+    assert est["elbo"].method == "diffusion_elbo" and torch.equal(est["elbo"].values, ll.values)
+
+
 def test_sampler_draws_from_the_scored_model():
     """Frequencies of 40,000 samples match exp(exact log p) (computed from ``p_prev``, which
     the bound scores) to within sampling noise: total variation below 0.015."""

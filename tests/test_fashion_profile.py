@@ -201,11 +201,13 @@ TINY_EVALUATE = {"ais_chains": 8, "ais_betas": 50, "raise_chains": 1, "test_subs
                  "importance_samples": 8,
                  "decoder_ais_chains": 1, "decoder_ais_betas": 5, "decoder_ais_leapfrog": 1,
                  "parzen_samples": 200, "ensemble_masks": 2, "bound_samples": 1,
+                 "trajectory_samples": 2,
                  "n_samples": 64, "n_bootstrap": 5, "ais_convergence": [10]}
 
 
 # the runs whose headline estimator costs per test example (RAISE, importance sampling)
-PER_EXAMPLE_COST = {"rbm", "rbm_cd10", "dbm", "dbn", "sbn", "vae", "iwae_k5", "iwae_k50"}
+PER_EXAMPLE_COST = {"rbm", "rbm_cd10", "dbm", "dbn", "sbn", "vae", "iwae_k5", "iwae_k50",
+                    "diffusion"}
 
 
 def slice_override(config: dict) -> dict:
