@@ -77,7 +77,7 @@ def test_pipeline_runs_on_slurm_and_gpu_jobs_get_the_gpu(tmp_path, slurm_cluster
 
 
 @pytest.mark.cluster
-@pytest.mark.slow       # 75-140 s of SLURM jobs; the default command keeps two workers sharing
+@pytest.mark.slow       # 142 s of SLURM jobs (machine shared); the default command keeps two workers sharing
                         # one storage (test_tune.py) and PostgreSQL's one-study opening
 def test_tune_workers_are_slurm_jobs_sharing_one_postgresql_study(tmp_path, slurm_cluster,
                                                                   fresh_database):
