@@ -214,15 +214,20 @@ def _cold_reason(request: dict, env: dict) -> str | None:
 
 
 def _fork(conn, fds, request, listener, watch, running) -> None:
+    """Fork the child for ``request`` with the forwarded signals blocked: one that comes while
+    the child sets itself up waits for its stage's dispositions instead of being lost (the
+    server's SIG_IGN) or ending the set-up (the server's KeyboardInterrupt)."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     pid = os.fork()
     if pid == 0:
         try:
             listener.close()
             os.close(watch)
             conn.close()
-            _child(request, fds)
+            _child(request, fds, mask)
         finally:
             os._exit(70)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for fd in fds:
         os.close(fd)
     conn.sendall(f"pid {pid}\n".encode())
@@ -248,9 +253,12 @@ def _reap(running: dict) -> None:
         conn.close()
 
 
-def _child(request: dict, fds: list[int]) -> None:
+def _child(request: dict, fds: list[int], mask: set) -> None:
     """Become the stage process: its streams, directory, environment and arguments; die with
-    the server (PR_SET_PDEATHSIG) or the waiting process (a watcher thread on its pidfd)."""
+    the server (PR_SET_PDEATHSIG) or the waiting process (a watcher thread on its pidfd).
+    The forwarded signals stay blocked (``mask``: the server's mask before) until the stage
+    runs, and SIGINT is ignored once it has ended: a signal ends the child as it would end a
+    fresh process at that point, never in this function's own code."""
     import atexit
     import ctypes
     import random
@@ -283,14 +291,17 @@ def _child(request: dict, fds: list[int]) -> None:
     sys.argv = [request["module"], *request["argv"]]
     code = 0
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)   # a signal that came meanwhile: now
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
     except SystemExit as exit_:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if isinstance(exit_.code, int) or exit_.code is None:
             code = exit_.code or 0
         else:
             print(exit_.code, file=sys.stderr)
             code = 1
     except BaseException as err:   # noqa: BLE001 - as an uncaught exception ends a process
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         import traceback
         traceback.print_exc()
         code = 1
@@ -299,6 +310,7 @@ def _child(request: dict, fds: list[int]) -> None:
             sys.stderr.flush()
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
