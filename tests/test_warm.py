@@ -141,6 +141,21 @@ def test_signals_reach_the_child_and_its_end_is_the_process_end(server, sig):
     #                             KeyboardInterrupt's traceback (python's own exit)
 
 
+def test_a_signal_at_the_fork_is_neither_lost_nor_an_error(server):
+    """A SIGINT that reaches the child while it is still setting itself up (sent the moment it
+    appears; the server ignores SIGINT, as under nohup) ends it as it ends a running stage:
+    by SIGINT, the client too; not lost (the job would run on) nor exit status 70."""
+    project, sock, proc = server
+    client = train(project, sock)
+    tasks = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 60
+    while not (kids := tasks.read_text().split()):
+        assert time.monotonic() < deadline, "no child was forked"
+    os.kill(int(kids[0]), signal.SIGINT)
+    assert client.wait(timeout=60) == -signal.SIGINT
+    assert gone(int(kids[0]))
+
+
 def test_a_signal_the_stage_process_ignores_its_child_ignores(server):
     """Started with SIGINT ignored (nohup), a cold stage would keep running after SIGINT: so
     does the child; SIGTERM still ends it."""
