@@ -200,6 +200,17 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:
         proc.wait()
 
 
+def drop_database(cur, name: str) -> None:
+    """DROP DATABASE ``name`` if it exists, ending the sessions still on it.  WITH (FORCE) as
+    the (non-superuser) MLflow role refuses to end an autovacuum worker ("must be a member of
+    the role whose process is being terminated"), which the plain DROP ends by itself."""
+    import psycopg2
+    try:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    except psycopg2.errors.InsufficientPrivilege:
+        cur.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
 @pytest.fixture
 def fresh_database(postgres_uri):
     """A new empty PostgreSQL database (dropped afterwards); yields its SQLAlchemy URI."""
@@ -214,7 +225,7 @@ def fresh_database(postgres_uri):
         yield f"{base}/{name}"
     finally:
         with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            drop_database(cur, name)
         conn.close()
 
 

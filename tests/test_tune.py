@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from cluster_fixtures import drop_database
 from conftest import BIN, ROOT, run, tiny_params
 from gm.errors import ConfigError
 from pipeline import code
@@ -257,5 +258,5 @@ def test_workers_starting_at_once_on_an_empty_postgresql_open_one_study(fresh_da
     finally:
         with conn.cursor() as cur:
             for n in names:
-                cur.execute(f"DROP DATABASE IF EXISTS {n} WITH (FORCE)")
+                drop_database(cur, n)
         conn.close()
