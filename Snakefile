@@ -5,7 +5,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from pipeline import code, provenance, search, warm
+from pipeline import code, provenance, scheduler_timers, search, warm
 from pipeline.preflight import check_config
 from pipeline.params import (canonical, error_line, evaluate_settings,
                              registered_model, report_dir, runs, stage_resources, train_settings,
@@ -18,6 +18,7 @@ check_config(config, ["params.yaml", *workflow.overwrite_configfiles],
 os.environ["GM_PARAMS"] = os.pathsep.join(["params.yaml", *map(str, workflow.overwrite_configfiles)])
 os.environ["GM_MEMORY_CHECKED"] = "1"  # check_config estimated every run's memory: stages skip it
 gc.freeze()   # torch and the imports live as long as Snakemake: no collection need traverse them
+scheduler_timers.coalesce()   # one pending scheduler timer, not one more per finished job
 
 RUNS = runs(config)
 DATASETS = sorted({d for d, _, _ in RUNS})
