@@ -150,3 +150,39 @@ def test_blocked_softplus_sums_match_the_one_pass_formula_at_any_thread_count():
             torch.set_num_threads(1)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_factored_softplus_sums_match_the_exact_formula_at_any_thread_count():
+    """gm/models/energy/factored_softplus.py (DBM log f's sums as products of 1 + e^a e^d in
+    groups) against logaddexp(0, a[:, None] + d).sum(-1): equal up to rounding for any shapes,
+    blocks and chunks (partial last ones included), for groups of every size down to one term
+    (terms up to e^680 each), the same bits at one and two threads; inputs whose e^a or e^d
+    could leave float64's normal range go to gm.ops.softplus_sums unchanged."""
+    from gm.models.energy.factored_softplus import SAFE, softplus_sums_factored
+    from gm.ops import softplus_sums
+    g = torch.Generator().manual_seed(5)
+    zero = torch.zeros((), dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for n, S, k, kw in ((1, 4096, 246, {}), (5, 1000, 37, {"block": 300}),
+                            (3, 7, 50, {"block": 10**6}), (2, 513, 64, {"block": 64}),
+                            (4, 999, 1, {"block": 10}), (37, 700, 30, {"chunk": 5})):
+            for scale in (1.0, 3.0, 40.0, 340.0):     # 340: terms near e^680, one per group
+                a = (torch.randn(n, k, generator=g, dtype=torch.float64) * scale).clamp(-340, 340)
+                d = (torch.randn(S, k, generator=g, dtype=torch.float64) * scale).clamp(-340, 340)
+                a[0, 0], d[-1, -1] = 30.0, -30.0
+                want = torch.logaddexp(zero, a[:, None] + d).sum(-1)
+                got = softplus_sums_factored(a, d, **kw)
+                assert torch.allclose(got, want, rtol=1e-13, atol=1e-12), (n, S, k, kw, scale)
+                torch.set_num_threads(2)
+                assert torch.equal(softplus_sums_factored(a, d, **kw), got), "thread-dependent"
+                torch.set_num_threads(1)
+        a = torch.randn(3, 20, generator=g, dtype=torch.float64)
+        d = torch.randn(50, 20, generator=g, dtype=torch.float64)
+        for big in (a, d):
+            big[0, 0] = SAFE
+            assert torch.equal(softplus_sums_factored(a, d), softplus_sums(a, d))
+            big[0, 0] = 0.0
+    finally:
+        torch.set_num_threads(threads)

@@ -36,7 +36,8 @@ from gm.base import Budget, Curve
 from gm.config import ranged
 from gm.estimators.exact import binary_states, enumerate_log_z
 from gm.models.energy.base import BaseRatePath, EnergyModel, SGDConfig
-from gm.ops import bernoulli, softplus_sums
+from gm.models.energy.factored_softplus import softplus_sums_factored
+from gm.ops import bernoulli
 from gm.registry import register
 
 
@@ -202,8 +203,8 @@ class DBM(EnergyModel):
         h = binary_states(min(n1, n2), device=v.device, dtype=torch.float64)   # (S, k)
         if n2 <= n1:   # enumerate h2; h1 sums out: sum_j softplus(c1 + v'W1 + W2 h2)
             top, down = h @ c2, h @ W2.T                                      # (S,), (S, n1)
-            step = max(1, 2**22 // (h.shape[0] * n1))
-            parts = [torch.logsumexp(top + softplus_sums(u @ W1 + c1, down), 1)
+            step = max(1, 2**23 // h.shape[0])   # examples per call: (step, S) sums, 64 MiB
+            parts = [torch.logsumexp(top + softplus_sums_factored(u @ W1 + c1, down), 1)
                      for u in v.split(step)]
             return v @ b + torch.cat(parts)
         top = h @ c1 + F.softplus(h @ W2 + c2).sum(1)                          # enumerate h1
