@@ -47,8 +47,8 @@ def quick_exit():
     """The run is over: exit at once.  Cancel Snakemake's pending rescheduling timer (its job
     rate limiter's threading.Timer of up to 1 s: a daemon under pipeline/scheduler_timers.py,
     and a non-daemon that the exiting interpreter waits for where that patch could not apply)
-    and keep the ~200,000 objects of torch and
-    Snakemake out of exit's garbage collections (gc.freeze; pipeline/common.py process_main)."""
+    and keep the ~200,000 objects of torch and Snakemake out of exit's garbage collections
+    (gc.freeze; pipeline/common.py process_main)."""
     for thread in threading.enumerate():
         if isinstance(thread, threading.Timer):
             thread.cancel()

@@ -64,9 +64,9 @@ def main() -> None:
                 t["factored"] / args.examples, ""),
                ("speed-up blocked / factored", t["blocked"] / t["factored"], ""),
                ("speed-up one_pass / factored", t["one_pass"] / t["factored"], ""),
-               ("largest difference from blocked (nats)", gaps[0], "rounding"),
+               ("largest difference from blocked (nats)", gaps[0], f"{gaps[0]:.1e}: rounding"),
                ("largest difference from one-pass (nats)", gaps[1],
-                "rounding, and softplus's threshold 20")])
+                f"{gaps[1]:.1e}: rounding, and softplus's threshold 20")])
 
 if __name__ == "__main__":
     main()

@@ -29,7 +29,6 @@ rule end:
     shell: "ls /proc/$PPID/task | wc -l > {output}"
 """
 
-
 CORES = 2   # Snakemake's job threads grow to one per core: they may be added too
 
 
