@@ -154,12 +154,19 @@ class RBMAnnealingPath(BaseRatePath):
 
     beta = 0 is the base-rate model with biases b_A = logit(data mean) and no interactions,
     whose Z_0 = 2^n_hidden prod_i (1 + exp(b_A,i)) (Salakhutdinov & Murray 2008, eq. 14-16).
+
+    The log-weights are float64 (v W + c in float64); the transitions run in the parameters'
+    own dtype (float32 as trained: half the cost of the float64 product h W', uniforms and
+    sigmoids), which leave p_beta invariant up to that dtype's rounding of the conditionals.
     """
 
     def __init__(self, rbm: RBM):
         super().__init__(rbm.base_rate_logits())
         self.W, self.b, self.c = (t.detach().double() for t in (rbm.W, rbm.b, rbm.c))
         self.db = self.b - self.b_a          # (d,): the visible biases' path is b_A + beta db
+        # the transitions' copies in the parameters' dtype: W (d, H), b_A and db (d,)
+        self.W_t = rbm.W.detach().clone()
+        self.b_a_t, self.db_t = self.b_a.to(self.W_t.dtype), self.db.to(self.W_t.dtype)
 
     def base_log_z(self) -> float:
         return float(self.c.numel() * math.log(2.0) + F.softplus(self.b_a).sum())
@@ -171,10 +178,11 @@ class RBMAnnealingPath(BaseRatePath):
         return self._move(torch.addmm(self.c, v, self.W), beta, generator)
 
     def _move(self, act: Tensor, beta: float, generator: torch.Generator) -> Tensor:
-        """v -> h -> v' at beta, given the hidden activations act = v W + c (M, H)."""
-        h = bernoulli(torch.mul(act, beta).sigmoid_(), generator)
-        pv = torch.addmm(torch.add(self.b_a, self.db, alpha=beta), h, self.W.T, alpha=beta)
-        return bernoulli(pv.sigmoid_(), generator)
+        """v -> h -> v' at beta, given the hidden activations act = v W + c (M, H) float64;
+        computed in the dtype of W_t, v' returned in float64 (M, d)."""
+        h = bernoulli(act.to(self.W_t.dtype, copy=True).mul_(beta).sigmoid_(), generator)
+        pv = addmm(torch.add(self.b_a_t, self.db_t, alpha=beta), h.mul_(beta), self.W_t.T)
+        return bernoulli(pv.sigmoid_(), generator).double()
 
     def ais_step(self, v: Tensor, beta_prev: float, beta: float, generator: torch.Generator,
                  move: bool = True) -> tuple[Tensor, Tensor]:
