@@ -14,6 +14,10 @@ from pathlib import Path
 # one BLAS/OpenMP thread for numpy (scikit-learn) and torch alike, set before they load
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, os.environ.get("GM_BENCH_THREADS", "1"))
+# no progress bars: a benchmark that calls train_model once per epoch would otherwise time a
+# tqdm bar's set-up and close per epoch (about 6 ms here, a third of a digits epoch), which a
+# stage pays once per training
+os.environ.setdefault("GM_PROGRESS", "0")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -53,6 +53,7 @@ def test_gpu_is_requested_only_when_params_ask_for_cuda(tmp_path, device):
 
 
 @pytest.mark.cluster
+@pytest.mark.slow       # about 110 s, most of it the SLURM plugin's status polling between job levels
 def test_pipeline_runs_on_slurm_and_gpu_jobs_get_the_gpu(tmp_path, slurm_cluster):
     proj = project_with(tmp_path, "cuda")
     run = snakemake(proj)
