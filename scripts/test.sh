@@ -14,4 +14,7 @@ if [ "$(id -u)" = 0 ] && [ "${GM_CLUSTER:-1}" = 1 ]; then
   fi
 fi
 export GM_PROGRESS=0
-.venv/bin/python -m pytest -q "$@"
+# two workers (pytest-xdist), one test file each at a time (a file's module fixtures are made
+# once, its tests keep their order), the longest files first (tests/conftest.py LONG_FILES);
+# GM_TEST_WORKERS=0 runs everything in this one process
+.venv/bin/python -m pytest -q -n "${GM_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

@@ -8,6 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import run, tiny_params
+from rerun_helpers import (edit_source, ran_stages, rbm_and_fvsbn_project, snakemake_jobs,
+                           snakemake_plan)
 
 TIMING = {"train_seconds", "eval_seconds", "epoch_seconds", "cost"}
 
@@ -81,85 +83,6 @@ def test_same_seed_same_numbers(snakemake_run):
     run(["python", "-m", "pipeline.evaluate", "--dataset", "bars_stripes", "--model", "rbm",
          "--seed", "0"], path)
     assert strip_timing(json.loads(f.read_text())) == strip_timing(first)
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def rbm_and_fvsbn_project(project):
-    """A scratch DVC repository (git + dvc init) running rbm and fvsbn on bars_stripes."""
-    p = tiny_params()
-    p["models"]["fvsbn"] = {"train": {"epochs": 2, "batch_size": 50}, "model": {}}
-    p["runs"].append({"dataset": "bars_stripes", "model": "fvsbn"})
-    path = project(p)
-    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
-    run(["dvc", "init", "-q"], path)
-    return path
-
-
-def test_dvc_repro_reruns_only_what_a_parameter_touches(project):
-    path = rbm_and_fvsbn_project(project)
-    first = run(["dvc", "repro"], path, timeout=900).stdout
-    # and the code fingerprints: 2 models x 2, report, prepare, classifier
-    assert len(ran_stages(first)) == 8 + 7
-    assert ran_stages(run(["dvc", "repro"], path).stdout) == set()
-    metrics = run(["dvc", "metrics", "show", "--json"], path).stdout
-    assert "test_log_likelihood" in metrics and "reports/metrics.json" in metrics
-    run(["dvc", "plots", "show", "-o", "plots_html"], path)
-    assert (path / "plots_html" / "index.html").stat().st_size > 0
-    text = (path / "params.yaml").read_text().replace("n_hidden: 8", "n_hidden: 6")
-    (path / "params.yaml").write_text(text)
-    again = ran_stages(run(["dvc", "repro"], path, timeout=900).stdout)
-    assert again == {"train@run0-0", "evaluate@run0-0", "report"}, again
-    text = text.replace("ais_betas: 100", "ais_betas: 90")     # a budget: evaluation only
-    (path / "params.yaml").write_text(text)
-    budget = ran_stages(run(["dvc", "repro"], path, timeout=900).stdout)
-    assert budget == {"evaluate@run0-0", "evaluate@run1-0", "report"}, budget
-    # code is an input: one model's file reruns that model; a shared estimator its users
-    edit_source(path, "gm/models/autoregressive/fvsbn.py")
-    assert model_stages(run(["dvc", "repro"], path, timeout=900).stdout) == {
-        "train@run1-0", "evaluate@run1-0", "report"}
-    edit_source(path, "gm/estimators/exact.py")                # used by rbm, not by fvsbn
-    assert model_stages(run(["dvc", "repro"], path, timeout=900).stdout) == {
-        "train@run0-0", "evaluate@run0-0", "report"}
-    # the dataset's module reruns prepare; its bytes are the same, so no model reruns (the
-    # report does: it depends on all of results/, the new fingerprint included)
-    edit_source(path, "gm/data/bars_stripes.py")
-    assert model_stages(run(["dvc", "repro"], path).stdout) == {"prepare@bars_stripes", "report"}
-    import yaml
-    params = yaml.safe_load((path / "params.yaml").read_text())
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))  # reordered
-    assert model_stages(run(["dvc", "repro"], path).stdout) == set()
-
-
-def edit_source(path, file: str) -> None:
-    """Change a source file of the scratch project (a comment: the code's meaning stays)."""
-    with open(path / file, "a") as f:
-        f.write("\n# edited by a test\n")
-
-
-def model_stages(output: str) -> set[str]:
-    """Stages DVC ran, without the code fingerprints (cheap; rerun on any code change)."""
-    return {s for s in ran_stages(output) if not s.startswith("code_")}
-
-
-def snakemake_plan(path) -> set[str]:
-    """The rules a dry run would execute ("Nothing to be done" -> empty set)."""
-    out = run(["snakemake", "--cores", "1", "-n"], path).stdout
-    return set(re.findall(r"^rule (\w+):", out, re.M)) - {"all"}
-
-
-def snakemake_jobs(path) -> set[tuple[str, str]]:
-    """(rule, model wildcard or "") of each job a dry run would execute."""
-    out = run(["snakemake", "--cores", "1", "-n"], path).stdout
-    jobs = set()
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        rule = re.match(r"(?:local)?rule (\w+):", block)
-        if rule and rule.group(1) != "all":
-            model = re.search(r"wildcards:.*\bmodel=([\w]+)", block)
-            jobs.add((rule.group(1), model.group(1) if model else ""))
-    return jobs
 
 
 def test_snakemake_reruns_exactly_the_stages_whose_code_changed(project):
