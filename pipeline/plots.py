@@ -316,29 +316,49 @@ def likelihood_figure(frame: pd.DataFrame, ds: str, optimum: float | None = None
 
 # ------------------------------------------------------------------------- AIS convergence
 
+def reported_ais_point(e: EvalRecord) -> tuple[int, float, float] | None:
+    """(distributions, log Z, stderr) of the reported number's own AIS run, where the headline
+    rests on AIS (method "ais", or "...+ais") and recorded its log Z; else None."""
+    ll = e.test_log_likelihood
+    if "ais" not in ll.method.split("+") or not {"log_z", "ais_betas"} <= ll.info.keys():
+        return None
+    return (int(ll.info["ais_betas"]), float(ll.info["log_z"]),
+            float(ll.info.get("log_z_stderr", math.nan)))
+
+
 def ais_frame(evals: list[EvalRecord], ds: str) -> pd.DataFrame:
-    """One row per AIS convergence point: model, seed, betas, log_z, stderr, delta (log Z
-    minus the reference: the exact log Z, else the estimate with the most distributions),
-    exact (whether the reference is exact) and headline (the betas of the reported number)."""
+    """One row per AIS run of a model with a convergence record: its convergence points and the
+    reported number's own run (:func:`reported_ais_point`, ``reported`` True; each point is an
+    independent AIS run).  Columns: model, seed, betas, log_z, stderr, delta (log Z minus the
+    reference: the exact log Z, else the estimate with the most distributions, the reported
+    run included), exact (whether the reference is exact), reported, and headline (the
+    distributions of the reported number)."""
     rows = []
     for e in evals:
         c = e.ais_convergence
         if e.dataset != ds or c is None or not c.points:
             continue
         head = (e.budget or {}).get("ais_betas", e.test_log_likelihood.info.get("ais_betas"))
-        for p in c.points:
-            rows.append({"model": e.model, "seed": e.seed, "betas": p.betas, "log_z": p.log_z,
-                         "stderr": p.stderr, "delta": p.log_z - c.reference,
-                         "exact": c.exact_log_z is not None,
+        points = [(p.betas, p.log_z, p.stderr, False) for p in c.points]
+        reported = reported_ais_point(e)
+        if reported is not None and reported[0] not in {p.betas for p in c.points}:
+            points.append((*reported, True))
+        points.sort()
+        reference = c.exact_log_z if c.exact_log_z is not None else points[-1][1]
+        for betas, log_z, stderr, is_reported in points:
+            rows.append({"model": e.model, "seed": e.seed, "betas": betas, "log_z": log_z,
+                         "stderr": stderr, "delta": log_z - reference,
+                         "exact": c.exact_log_z is not None, "reported": is_reported,
                          "headline": math.nan if head is None else float(head)})
     return pd.DataFrame(rows)
 
 
 def ais_figure(frame: pd.DataFrame, ds: str, ncols: int = 3):
     """One panel per model: AIS log Z minus the reference against the number of intermediate
-    distributions (log x), one line per seed with +-1 stderr bars over chains; the reference at
-    0 (solid: the exact log Z; dotted: the run with the most distributions); the headline
-    number of distributions as a dashed vertical line."""
+    distributions (log x), one line per seed with +-1 stderr bars over chains, the reported
+    number's own run as a star; the reference at 0 (solid: the exact log Z; dotted: the run
+    with the most distributions); the headline number of distributions as a dashed vertical
+    line."""
     panels = list(frame.groupby("model", sort=True))
     ncols = min(ncols, len(panels))
     nrows = math.ceil(len(panels) / ncols)
@@ -355,6 +375,9 @@ def ais_figure(frame: pd.DataFrame, ds: str, ncols: int = 3):
                             yerr=run["stderr"].to_numpy(float), marker="o", ms=3,
                             lw=1, capsize=2,
                             color=SEED_COLORS[seeds.index(s) % len(SEED_COLORS)])
+                mine = run[run["reported"]]
+                ax.plot(mine["betas"].to_numpy(float), mine["delta"].to_numpy(float), ls="",
+                        marker="*", ms=9, color=SEED_COLORS[seeds.index(s) % len(SEED_COLORS)])
             ax.axhline(0.0, color="black", lw=1.0, ls="-" if exact else ":")
             for h in sorted(rows["headline"].dropna().unique()):
                 ax.axvline(h, color="#444444", ls="--", lw=0.9)
@@ -371,7 +394,9 @@ def ais_figure(frame: pd.DataFrame, ds: str, ncols: int = 3):
         handles += [Line2D([], [], color="black", label="exact log Z"),
                     Line2D([], [], color="black", ls=":", label="estimate at most distributions"),
                     Line2D([], [], color="#444444", ls="--",
-                           label="distributions of the reported number")]
+                           label="distributions of the reported number"),
+                    Line2D([], [], color="#444444", ls="", marker="*", ms=9,
+                           label="the reported number's own run")]
         fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
         fig.suptitle(f"{ds}: AIS log Z against the number of intermediate distributions "
                      "(bars: +-1 stderr over chains)", x=0.01, ha="left")

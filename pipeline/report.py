@@ -507,6 +507,10 @@ def dataset_blocks(ds: str, summaries: list[Summary], info: DatasetInfo, pairs: 
                    ("p", SANDWICH_NOTE + " Both sides are means over seeds, in nats per "
                          "image."),
                    ("table", bracket)]
+    settled = tables.convergence_table(plots.ais_frame(evals, ds))
+    if not settled.empty:
+        blocks += [("h", 3, f"{ds}: AIS convergence (is log Z still moving?)"),
+                   ("p", tables.CONVERGENCE_NOTE), ("table", settled)]
     shown: list[str] = []
     for view in views:
         qb, names = quality_blocks(ds, [s for s in mine if s.view == view], view)

@@ -188,6 +188,39 @@ def bracket_table(rows: list[Summary]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+CONVERGENCE_NOTE = (
+    "AIS's log Z-hat is below log Z in expectation, by less as the number of intermediate "
+    "distributions grows (Jensen's inequality; Neal 2001). So a model whose log Z still moves by "
+    "more than its noise between its two runs with the most distributions (the reported run "
+    "among them, each run independent) has not converged: its log Z-hat is likely too low and "
+    "its AIS log-likelihood (log f - log Z-hat) too high, by an amount these runs cannot tell. "
+    "The standard errors are delta-method errors over chains, which understate the spread of "
+    "heavy-tailed weights. Models with an exact log Z are checked against it in the figure.")
+
+
+def convergence_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per model and seed without an exact log Z (rows of :func:`pipeline.plots.ais_frame`):
+    log Z of its two AIS runs with the most distributions, the change between them, the
+    standard error of that change, and whether the change is within 2 of them."""
+    out = []
+    if frame.empty:
+        return pd.DataFrame(out)
+    for (model, seed), rows in frame[~frame["exact"]].groupby(["model", "seed"], sort=True):
+        if len(rows) < 2:
+            continue
+        prev, last = rows.sort_values("betas").iloc[-2:].itertuples()
+        change, se = last.log_z - prev.log_z, math.hypot(prev.stderr, last.stderr)
+        out.append({"model": model, "seed": str(seed),
+                    "distributions": f"{prev.betas:,} -> {last.betas:,}"
+                                     + (" (reported)" if last.reported else ""),
+                    "log Z": f"{fmt(prev.log_z)} -> {fmt(last.log_z)}",
+                    "change [nats]": f"{last.log_z - prev.log_z:+.3f}",
+                    "stderr of the change": fmt(se),
+                    "within 2 stderr": DASH if not math.isfinite(se)
+                                       else "yes" if abs(change) <= 2 * se else "no"})
+    return pd.DataFrame(out)
+
+
 def metric_cell(ms: list[SampleMetric]) -> str:
     """'value [low, high]': means over seeds of the value and of its bootstrap interval."""
     if not ms:

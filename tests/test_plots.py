@@ -10,7 +10,7 @@ import pytest
 
 import gm
 from gm.base import Curve
-from pipeline import plots
+from pipeline import plots, tables
 from pipeline.record import (
     AISConvergence,
     AISPoint,
@@ -99,12 +99,12 @@ def test_curves_split_into_one_figure_per_family_when_the_grid_is_large(monkeypa
 
 
 def record(model, seed, value, kind="exact", view="binary", method="exact", fid=None,
-           conv=None, train_seconds=1.0) -> EvalRecord:
+           conv=None, train_seconds=1.0, info=None) -> EvalRecord:
     metrics = {} if fid is None else {"fid": SampleMetric(fid, fid - 1, fid + 1,
                                                           {"better": "lower",
                                                            "space": "features"})}
     return EvalRecord(dataset="d", model=model, seed=seed, data_view=view,
-                      test_log_likelihood=Estimate(value, 0.1, method, kind, 100),
+                      test_log_likelihood=Estimate(value, 0.1, method, kind, 100, info or {}),
                       n_parameters=10, timing=Timing(train_seconds, 1.0),
                       ais_convergence=conv, sample_metrics=metrics,
                       budget={"ais_betas": 1000})
@@ -188,6 +188,42 @@ def test_ais_figure_runs_past_the_headline_with_the_exact_log_z_at_zero():
         assert any(list(ln.get_xdata()) == [1000, 1000] for ln in ax.lines)   # the headline
         assert ("exact log Z" in ax.get_ylabel()) == exact
     matplotlib.pyplot.close(fig)
+
+
+def test_the_reported_run_joins_the_convergence_runs_and_is_the_reference():
+    """A headline AIS run past the convergence points (14,500 distributions against 3,000) is
+    drawn as a star, and the curve is measured from it; the table says log Z still moved."""
+    info = {"log_z": 12.0, "ais_betas": 14500.0, "log_z_stderr": 0.5}
+    recs = [record("rbm", 0, -18, "estimate", method="ais", conv=convergence(None), info=info),
+            record("dbm", 0, -17, "estimate", method="mean_field+ais", conv=convergence(None),
+                   info={**info, "log_z": 10.0 + 1 / 3000 + 0.2}),
+            record("bm", 0, -16, conv=convergence(10.0))]           # exact: no reported run
+    frame = plots.ais_frame(recs, "d")
+    rbm = frame[frame["model"] == "rbm"].sort_values("betas")
+    assert rbm["betas"].tolist() == [10, 100, 1000, 3000, 14500]
+    assert rbm["reported"].tolist() == [False] * 4 + [True]
+    np.testing.assert_allclose(rbm["delta"], [10 + 1 / b - 12 for b in (10, 100, 1000, 3000)]
+                               + [0.0])
+    assert not frame[frame["model"] == "bm"]["reported"].any()
+    fig = plots.ais_figure(frame, "d")
+    ax = next(a for a in fig.axes if a.get_visible() and a.get_title().startswith("rbm"))
+    stars = [ln for ln in ax.lines if ln.get_marker() == "*"]
+    assert [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in stars] == [([14500], [0.0])]
+    matplotlib.pyplot.close(fig)
+    table = tables.convergence_table(frame).set_index("model")
+    assert list(table.index) == ["dbm", "rbm"]                      # bm has its exact log Z
+    assert table.loc["rbm", "distributions"] == "3,000 -> 14,500 (reported)"
+    assert table.loc["rbm", "change [nats]"] == f"{12 - 10 - 1 / 3000:+.3f}"
+    assert table.loc["rbm", "within 2 stderr"] == "no"              # +2.0 against 2 x 0.50
+    assert table.loc["dbm", "within 2 stderr"] == "yes"             # +0.2
+
+
+def test_a_headline_at_a_convergence_point_adds_no_run():
+    info = {"log_z": 99.0, "ais_betas": 1000.0, "log_z_stderr": 0.5}
+    frame = plots.ais_frame([record("rbm", 0, -18, "estimate", method="ais",
+                                    conv=convergence(None), info=info)], "d")
+    assert frame["betas"].tolist() == [10, 100, 1000, 3000] and not frame["reported"].any()
+    assert tables.convergence_table(frame)["distributions"].tolist() == ["1,000 -> 3,000"]
 
 
 @pytest.mark.parametrize("lower_better,expect", [(True, [1, 1, 0, 1, 0]),
