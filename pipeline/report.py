@@ -425,9 +425,11 @@ def header(params: dict, evals: list[EvalRecord], fingerprint: dict) -> list[tup
 
 
 def value_blocks(ds: str, rows: list[Summary], group: str, view: str, info: DatasetInfo,
-                 rank: dict[str, int], pairs: pd.DataFrame, unranked: dict) -> list[tuple]:
+                 rank: dict[str, int], pairs: pd.DataFrame, unranked: dict,
+                 moving: frozenset[str] = frozenset()) -> list[tuple]:
     """Heading, explanation, table and significant pairs of one (view, group); ``rank``:
-    model -> rank (unranked models absent)."""
+    model -> rank (unranked models absent); ``moving``: models whose AIS log Z had not
+    settled (:func:`pipeline.tables.convergence_table`), named under the table."""
     conditional = view == "sequence" and group == "likelihood"
     title = "conditional log-likelihoods log p(x_t | x_<t)" if conditional \
         else GROUP_TITLE[group]
@@ -460,6 +462,11 @@ def value_blocks(ds: str, rows: list[Summary], group: str, view: str, info: Data
                      + "; ".join(missing) + ".")
     if any(len(s.seeds) < 2 for s in rows):
         notes.append(f"95% CI {tables.DASH}: one seed, no interval across seeds.")
+    unsettled = sorted(s.model for s in rows if s.model in moving)
+    if unsettled:
+        notes.append("AIS not converged (log Z still moved between its two runs with the most "
+                     f"distributions; see {ds}: AIS convergence): " + ", ".join(unsettled)
+                     + ". Their values are likely too high.")
     return out + [("p", " ".join(notes))] if notes else out
 
 
@@ -494,20 +501,23 @@ def dataset_blocks(ds: str, summaries: list[Summary], info: DatasetInfo, pairs: 
     views = [v for v in tables.VIEW_ORDER if any(s.view == v for s in mine)]
     views += sorted({s.view for s in mine} - set(views))
     blocks: list[tuple] = [("h", 2, ds)]
+    settled = tables.convergence_table(plots.ais_frame(evals, ds))
+    moving = frozenset() if settled.empty else frozenset(
+        settled.loc[settled["within 2 stderr"] == "no", "model"])
     for view in views:
         for group in tables.GROUP_ORDER:
             rows = [s for s in mine if s.view == view and s.group == group]
             if rows:
                 ranks = {s.model: rank[k] for s in rows if (k := (ds, view, group, s.model))
                          in rank}
-                blocks += value_blocks(ds, rows, group, view, info, ranks, pairs, unranked)
+                blocks += value_blocks(ds, rows, group, view, info, ranks, pairs, unranked,
+                                       moving)
     bracket = tables.bracket_table(mine)
     if not bracket.empty:
         blocks += [("h", 3, f"{ds}: AIS sandwich (a stochastic bracket)"),
                    ("p", SANDWICH_NOTE + " Both sides are means over seeds, in nats per "
                          "image."),
                    ("table", bracket)]
-    settled = tables.convergence_table(plots.ais_frame(evals, ds))
     if not settled.empty:
         blocks += [("h", 3, f"{ds}: AIS convergence (is log Z still moving?)"),
                    ("p", tables.CONVERGENCE_NOTE), ("table", settled)]

@@ -218,6 +218,24 @@ def test_the_reported_run_joins_the_convergence_runs_and_is_the_reference():
     assert table.loc["dbm", "within 2 stderr"] == "yes"             # +0.2
 
 
+def test_the_likelihood_table_names_the_models_whose_log_z_still_moved():
+    from pipeline import report
+    info = {"log_z": 12.0, "ais_betas": 14500.0, "log_z_stderr": 0.5}
+    recs = [record("rbm", 0, -18, "estimate", method="ais", conv=convergence(None), info=info),
+            record("dbm", 0, -17, "estimate", method="ais", conv=convergence(None))]
+    settled = tables.convergence_table(plots.ais_frame(recs, "d"))
+    moving = frozenset(settled.loc[settled["within 2 stderr"] == "no", "model"])
+    assert moving == {"rbm"}                  # dbm: 1,000 -> 3,000 moved by 7e-4 nats
+    rows = tables.summarise(recs, {})
+    blocks = report.value_blocks("d", rows, "likelihood", "binary", tables.DatasetInfo(16),
+                                 {}, pd.DataFrame(), {}, moving)
+    text = " ".join(b[1] for b in blocks if b[0] == "p")
+    assert "AIS not converged" in text and ": rbm. Their values are likely too high." in text
+    blocks = report.value_blocks("d", rows, "likelihood", "binary", tables.DatasetInfo(16),
+                                 {}, pd.DataFrame(), {})
+    assert "AIS not converged" not in " ".join(b[1] for b in blocks if b[0] == "p")
+
+
 def test_a_headline_at_a_convergence_point_adds_no_run():
     info = {"log_z": 99.0, "ais_betas": 1000.0, "log_z_stderr": 0.5}
     frame = plots.ais_frame([record("rbm", 0, -18, "estimate", method="ais",
