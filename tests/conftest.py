@@ -31,6 +31,10 @@ LONG_FILES = ("test_pipeline.py", "test_dvc_reruns.py", "test_warm.py", "test_tu
 
 def pytest_collection_modifyitems(items) -> None:
     """The files of LONG_FILES first (a stable sort: every other order is kept)."""
+    missing = [name for name in LONG_FILES if not (ROOT / "tests" / name).is_file()]
+    if missing:   # a renamed file would quietly lose its place at the front
+        raise pytest.UsageError(f"tests/conftest.py LONG_FILES: no file {', '.join(missing)} "
+                                "in tests/ (rename it there too)")
     rank = {name: i for i, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
