@@ -301,6 +301,15 @@ def test_committed_report_renders_with_every_image_and_section(tmp_path):
 
 
 @needs_chromium
+def test_committed_fashion_report_renders_within_the_page(tmp_path):
+    found = render(ROOT / "reports" / "fashion_mnist" / "report.html", tmp_path)
+    check_page(found)
+    md = (ROOT / "reports" / "fashion_mnist" / "report.md").read_text()
+    assert found["headings"] == [line.lstrip("#").strip() for line in md.splitlines()
+                                 if line.startswith("#")]
+
+
+@needs_chromium
 def test_probe_detects_a_broken_image_and_a_page_too_wide(tmp_path):
     page = tmp_path / "broken.html"
     page.write_text("<html><body><h1>x</h1><img src='data:image/png;base64,AAAA'>"
