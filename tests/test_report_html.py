@@ -22,7 +22,8 @@ from conftest import ROOT
 from gm.data import dataset_spec, load_splits
 from pipeline import classifier, common, compare, figures, report, swap
 from pipeline import params as P
-from pipeline.record import Bounds, Estimate, EvalRecord, Side, Timing, sample_metrics_from
+from pipeline.record import (AISConvergence, AISPoint, Bounds, Estimate, EvalRecord, Side, Timing,
+                             sample_metrics_from)
 
 CHROMIUM = shutil.which("chromium")
 WIDTH = 1280
@@ -123,13 +124,20 @@ def write_run(ds: str, model: str, seed: int, n: int, image_shape) -> None:
     out = common.run_dir(ds, model, seed)
     out.mkdir(parents=True)
     v = values_of(ds, model, seed, n)
-    est = Estimate(float(v.mean()), float(v.std() / math.sqrt(n)), method, kind, n)
+    ais = model == "rbm"     # AIS: log Z at 100 and 1,000 distributions, the reported run at
+    # 14,500 (seed 0: still 5 nats higher; seeds 1 and 2: settled)
+    info = {"log_z": 50.0 + (5.0 if seed == 0 else 0.1), "ais_betas": 14500.0,
+            "log_z_stderr": 0.3} if ais else {}
+    est = Estimate(float(v.mean()), float(v.std() / math.sqrt(n)), method, kind, n, info)
     bounds = Bounds(Side(est.mean - 0.1, 0.2), Side(est.mean + 0.05, 0.2), 0.15) \
-        if model == "rbm" else None
+        if ais else None
+    convergence = AISConvergence(None, (AISPoint(100, 45.0, 0.5), AISPoint(1000, 50.0, 0.3))) \
+        if ais else None
     names = METRIC_NAMES if ds == "digits" else ("mmd_pixel", "precision_pixel",
                                                  "recall_pixel")
     EvalRecord(ds, model, seed, view, est, n_parameters=1000 + len(model),
                timing=Timing(1.0 + seed, 0.5), log_likelihood_bounds=bounds,
+               ais_convergence=convergence,
                sample_metrics=sample_metrics_from({k: metric(0.5 + seed / 10) for k in names}),
                ).write(out / "eval.json")
     if model == "gmmn" and seed == 1:       # a corrupt file: eval.json holds a number
@@ -197,6 +205,17 @@ def test_each_kind_and_view_has_its_own_table(built):
     proxies = table_rows(section(md, "digits: proxies (Parzen windows), binary view"))
     assert "bits/dim" not in proxies[0], "a proxy is not a probability: no bits/dim"
     assert "<NA>" not in md and not re.search(r"\bnan\b", md)
+
+
+def test_an_ais_value_whose_log_z_still_moved_is_named_under_its_table(built):
+    md = (built / "reports/report.md").read_text()
+    rows = table_rows(section(md, "digits: AIS convergence (is log Z still moving?)"))
+    assert [(r["seed"], r["distributions"], r["within 2 stderr"]) for r in rows] == [
+        ("0", "1,000 -> 14,500 (reported)", "no"), ("1", "1,000 -> 14,500 (reported)", "yes"),
+        ("2", "1,000 -> 14,500 (reported)", "yes")]
+    assert "AIS not converged" in section(md, "digits: log-likelihoods, binary view")
+    assert "rbm. Their values are likely too high." in md
+    assert "AIS not converged" not in section(md, "digits: lower bounds of log p(x), binary view")
 
 
 def test_rows_are_sorted_by_paired_ranks_with_ties_and_unranked_last(built):
